@@ -14,4 +14,5 @@ pub mod config;
 pub mod engine;
 pub mod ids;
 pub mod protocol;
+pub mod server;
 pub mod transport;

@@ -1,6 +1,59 @@
+//! The `herald` binary: parse the configuration, start the server, and stop
+//! it on SIGTERM or SIGINT (a second signal exits at once).
+
+use clap::Parser;
 use mimalloc::MiMalloc;
+use tracing_subscriber::EnvFilter;
+
+use herald::config::Config;
+use herald::server::Server;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() {}
+fn main() -> std::process::ExitCode {
+    let config = Config::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    for key in config.default_keys_in_use() {
+        tracing::warn!("{key} is Nakama's published default; set your own before going to production");
+    }
+    let server = match Server::start(config) {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(listen = %server.local_addr(), "herald is serving");
+
+    if let Err(error) = wait_for_signal() {
+        tracing::error!(%error, "cannot wait for signals; shutting down");
+    }
+    tracing::info!("shutting down");
+    std::thread::spawn(|| {
+        // A second signal exits at once.
+        let _ = wait_for_signal();
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(1);
+    });
+    server.shutdown();
+    tracing::info!("stopped");
+    std::process::ExitCode::SUCCESS
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_signal() -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            result = tokio::signal::ctrl_c() => result?,
+        }
+        Ok(())
+    })
+}

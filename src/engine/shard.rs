@@ -1,0 +1,540 @@
+//! [`Shard`]: the state one shard thread owns, and the operations on it that
+//! are not requests (connect, disconnect, fan-out, inbox messages, keepalive).
+//! The requests themselves live in [`super::commands`], one file each.
+//!
+//! Everything here is touched by exactly one thread, the shard's, so there is
+//! no lock: the connection tasks of this shard and its inbox drain task run
+//! on the same single-threaded runtime and take turns on a `RefCell`.
+//!
+//! State, by who owns it:
+//! * sessions whose user hashes here (`slots`, `entries`): their status,
+//!   their follow set, their outbox, their pending request;
+//! * users that hash here (`users`): which local sessions have a status (for
+//!   snapshots), which other shards hold follow edges to them and how many
+//!   (so a change is sent only where followers are), and whether the user
+//!   exists (the directory);
+//! * usernames that hash here (`usernames`): the username directory;
+//! * the follower index (`followers`): for any user, wherever it lives, the
+//!   local sessions that follow it. A status change is fanned out by every
+//!   shard that holds followers, in parallel.
+
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+
+use ahash::{AHashMap, AHashSet};
+use fastwebsockets::OpCode;
+use smallvec::SmallVec;
+
+use super::event::StatusChange;
+use super::inbox::ShardMsg;
+use super::outbox::{CloseCause, Outbox, Push};
+use super::stats::ShardStats;
+use super::status_query::UserStatus;
+use super::EngineHandle;
+use crate::ids::{SessionId, UserId};
+use crate::protocol::{Frame, Presence, Reply, StatusPresenceEvent};
+
+/// Names a session on its home shard. The generation makes a key of a closed
+/// session useless once its slot is reused, so late messages for it are
+/// recognised and answered (e.g. follow edges handed back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// What a connection brings to [`Shard::connect`].
+pub struct SessionSpec {
+    pub id: SessionId,
+    pub user: UserId,
+    /// The token's `usn`, shown in this session's presences.
+    pub username: Arc<str>,
+    /// `status=true` on the connect URL: appear online with `""` at once.
+    pub appear_online: bool,
+    pub outbox: Arc<Outbox>,
+}
+
+/// A follow request waiting for other shards.
+pub(super) struct PendingFollow {
+    /// The request's cid, for the reply.
+    pub cid: String,
+    /// Replies still expected from other shards.
+    pub awaiting: usize,
+    /// While usernames are being resolved: the ids gathered so far.
+    pub resolving: Option<Vec<UserId>>,
+    /// Snapshot presences gathered so far.
+    pub presences: Vec<Presence>,
+}
+
+/// One session's state on its home shard.
+pub(super) struct SessionEntry {
+    pub id: SessionId,
+    pub user: UserId,
+    pub username: Arc<str>,
+    /// The current status; `None` means not online.
+    pub status: Option<Arc<str>>,
+    /// Users this session follows, its own user excluded.
+    pub follows: AHashSet<UserId>,
+    /// A follow request waiting for other shards.
+    pub pending: Option<Box<PendingFollow>>,
+    /// Engine time of the last websocket ping queued to this session.
+    pub last_ping: u32,
+}
+
+/// A slot of the session table. Kept small: the fan-out loop reads only this.
+struct Slot {
+    generation: u32,
+    outbox: Option<Arc<Outbox>>,
+}
+
+/// A user owned by this shard.
+#[derive(Default)]
+struct UserEntry {
+    /// The user exists (has an account, or was seen in a valid token).
+    known: bool,
+    /// Local slots of this user's sessions that have a status.
+    online: SmallVec<[u32; 2]>,
+    /// Other shards with follow edges to this user, and how many each.
+    interest: SmallVec<[(u16, u32); 2]>,
+}
+
+impl UserEntry {
+    fn is_idle(&self) -> bool {
+        !self.known && self.online.is_empty() && self.interest.is_empty()
+    }
+}
+
+/// The state of one shard (see the module doc).
+pub struct Shard {
+    pub(super) index: usize,
+    pub(super) engine: EngineHandle,
+    pub(super) stats: Arc<ShardStats>,
+    slots: Vec<Slot>,
+    pub(super) entries: Vec<Option<SessionEntry>>,
+    free: Vec<u32>,
+    /// Local followers of any user.
+    followers: AHashMap<UserId, AHashSet<u32>>,
+    users: AHashMap<UserId, UserEntry>,
+    usernames: AHashMap<Arc<str>, UserId>,
+    /// The websocket ping frame, shared by every session.
+    ping: Frame,
+}
+
+impl Shard {
+    pub fn new(index: usize, engine: EngineHandle, stats: Arc<ShardStats>) -> Shard {
+        Shard {
+            index,
+            engine,
+            stats,
+            slots: Vec::new(),
+            entries: Vec::new(),
+            free: Vec::new(),
+            followers: AHashMap::new(),
+            users: AHashMap::new(),
+            usernames: AHashMap::new(),
+            ping: Frame::control(OpCode::Ping, b""),
+        }
+    }
+
+    /// This shard's index.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Open sessions on this shard.
+    pub fn session_count(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
+    // ---- sessions -------------------------------------------------------
+
+    /// Registers a session of a user owned by this shard. The session follows
+    /// its own user from the start; with `appear_online` it gets the status
+    /// `""` and a join goes to every follower, itself included.
+    ///
+    /// Returns the session's key and whether its user was unknown until now
+    /// (a token minted by another Nakama): the caller records such users.
+    pub fn connect(&mut self, spec: SessionSpec) -> (SessionKey, bool) {
+        debug_assert_eq!(self.engine.router().shard_of_user(spec.user), self.index);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(Slot { generation: 0, outbox: None });
+                self.entries.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.slots[slot as usize].generation;
+        self.slots[slot as usize].outbox = Some(spec.outbox);
+        self.entries[slot as usize] = Some(SessionEntry {
+            id: spec.id,
+            user: spec.user,
+            username: spec.username,
+            status: None,
+            follows: AHashSet::new(),
+            pending: None,
+            last_ping: self.engine.now(),
+        });
+        ShardStats::gauge(&self.stats.sessions, 1);
+        let key = SessionKey { slot, generation };
+
+        let user = self.users.entry(spec.user).or_default();
+        let first_seen = !user.known;
+        user.known = true;
+        self.add_follower(spec.user, slot);
+        if spec.appear_online {
+            self.set_status(key, Some(Arc::from("")));
+        }
+        (key, first_seen)
+    }
+
+    /// Removes a session: its follow edges first, then a leave carrying its
+    /// last status (so the closing session does not receive its own leave).
+    /// A follow still waiting for other shards is abandoned; its grants are
+    /// handed back when they arrive.
+    pub fn disconnect(&mut self, key: SessionKey) {
+        let Some(entry) = self.take_entry(key) else { return };
+        let mut dropped: Vec<Vec<UserId>> = vec![Vec::new(); self.engine.router().shards()];
+        for user in &entry.follows {
+            self.remove_follower(*user, key.slot);
+            dropped[self.engine.router().shard_of_user(*user)].push(*user);
+        }
+        ShardStats::gauge(&self.stats.follow_edges, -(entry.follows.len() as i64));
+        self.remove_follower(entry.user, key.slot);
+        self.send_unfollowed(dropped);
+
+        if let Some(old) = entry.status.clone() {
+            self.mark_offline(entry.user, key.slot);
+            let leave = presence_of(&entry, old);
+            self.publish(entry.user, StatusPresenceEvent { joins: None, leaves: Some(leave) });
+        }
+        self.forget_if_idle(entry.user);
+    }
+
+    fn take_entry(&mut self, key: SessionKey) -> Option<SessionEntry> {
+        let slot = self.slots.get_mut(key.slot as usize)?;
+        if slot.generation != key.generation || slot.outbox.is_none() {
+            return None;
+        }
+        slot.outbox = None;
+        slot.generation = slot.generation.wrapping_add(1);
+        let entry = self.entries[key.slot as usize].take()?;
+        self.free.push(key.slot);
+        ShardStats::gauge(&self.stats.sessions, -1);
+        Some(entry)
+    }
+
+    /// The session's state, if `key` still names a live session.
+    pub(super) fn entry_mut(&mut self, key: SessionKey) -> Option<&mut SessionEntry> {
+        let slot = self.slots.get(key.slot as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        self.entries.get_mut(key.slot as usize)?.as_mut()
+    }
+
+    /// The session's outbox, if `key` still names a live session.
+    pub(super) fn outbox(&self, key: SessionKey) -> Option<&Arc<Outbox>> {
+        let slot = self.slots.get(key.slot as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        slot.outbox.as_ref()
+    }
+
+    /// Queues a reply to the session's outbox.
+    pub(super) fn reply(&self, key: SessionKey, reply: &Reply<'_>) {
+        if let Some(outbox) = self.outbox(key) {
+            let frame = Frame::reply(outbox.format(), reply);
+            self.push(outbox, frame);
+        }
+    }
+
+    #[inline]
+    fn push(&self, outbox: &Outbox, frame: Frame) {
+        if outbox.push(frame) == Push::Overflowed {
+            // Counted once per session here; the connection reports the close.
+            tracing::debug!("session outgoing queue full");
+        }
+    }
+
+    // ---- statuses and fan-out --------------------------------------------
+
+    /// Sets (`Some`) or clears (`None`) the session's status and publishes the
+    /// change. Clearing a session without status publishes nothing.
+    pub(super) fn set_status(&mut self, key: SessionKey, status: Option<Arc<str>>) {
+        let Some(entry) = self.entry_mut(key) else { return };
+        let user = entry.user;
+        let old = std::mem::replace(&mut entry.status, status.clone());
+        let event = StatusPresenceEvent {
+            joins: status.clone().map(|s| presence_of(entry, s)),
+            leaves: old.clone().map(|s| presence_of(entry, s)),
+        };
+        match (&old, &status) {
+            (None, None) => return,
+            (None, Some(_)) => self.mark_online(user, key.slot),
+            (Some(_), None) => self.mark_offline(user, key.slot),
+            (Some(_), Some(_)) => {}
+        }
+        self.publish(user, event);
+    }
+
+    fn mark_online(&mut self, user: UserId, slot: u32) {
+        let entry = self.users.entry(user).or_default();
+        if entry.online.is_empty() {
+            ShardStats::gauge(&self.stats.users_online, 1);
+        }
+        entry.online.push(slot);
+    }
+
+    fn mark_offline(&mut self, user: UserId, slot: u32) {
+        if let Some(entry) = self.users.get_mut(&user) {
+            entry.online.retain(|s| *s != slot);
+            if entry.online.is_empty() {
+                ShardStats::gauge(&self.stats.users_online, -1);
+            }
+        }
+    }
+
+    /// Sends a change of a user owned here to every shard with followers of
+    /// it (first, so they work in parallel), then delivers it locally.
+    fn publish(&mut self, user: UserId, event: StatusPresenceEvent) {
+        ShardStats::add(&self.stats.status_changes, 1);
+        let change = Arc::new(StatusChange::new(user, event));
+        if let Some(entry) = self.users.get(&user) {
+            for &(shard, _) in &entry.interest {
+                self.engine.send(shard as usize, ShardMsg::Deliver(change.clone()));
+            }
+        }
+        self.deliver(&change);
+    }
+
+    /// Queues `change` to every local follower of its user, in the follower's
+    /// format. This is the fan-out loop: no allocation per follower, one
+    /// `Arc` clone and one queue push each.
+    pub(super) fn deliver(&self, change: &StatusChange) {
+        let Some(followers) = self.followers.get(&change.user) else { return };
+        let mut frames: [Option<Frame>; 2] = [None, None];
+        let mut delivered = 0u64;
+        for &slot in followers {
+            let Some(outbox) = self.slots.get(slot as usize).and_then(|s| s.outbox.as_ref()) else {
+                continue;
+            };
+            let format = outbox.format();
+            let frame = frames[format as usize].get_or_insert_with(|| change.frame(format).clone());
+            if outbox.push(frame.clone()) == Push::Queued {
+                delivered += 1;
+            }
+        }
+        ShardStats::add(&self.stats.deliveries, delivered);
+    }
+
+    // ---- follow graph -----------------------------------------------------
+
+    pub(super) fn add_follower(&mut self, user: UserId, slot: u32) {
+        self.followers.entry(user).or_default().insert(slot);
+    }
+
+    pub(super) fn remove_follower(&mut self, user: UserId, slot: u32) {
+        if let Entry::Occupied(mut set) = self.followers.entry(user) {
+            set.get_mut().remove(&slot);
+            if set.get().is_empty() {
+                set.remove();
+            }
+        }
+    }
+
+    /// Tells each owner shard which of its users lost a follow edge from here.
+    /// `dropped` is indexed by owner shard; edges to local users need no message.
+    pub(super) fn send_unfollowed(&mut self, dropped: Vec<Vec<UserId>>) {
+        for (owner, users) in dropped.into_iter().enumerate() {
+            if users.is_empty() || owner == self.index {
+                continue;
+            }
+            self.engine.send(owner, ShardMsg::Unfollowed { from_shard: self.index as u16, users });
+        }
+    }
+
+    /// Whether `user` may be followed: it exists, or `--follow-unknown-ids`.
+    pub(super) fn may_follow(&self, user: UserId) -> bool {
+        if user.is_nil() {
+            return false;
+        }
+        self.engine.config().follow_unknown_ids || self.users.get(&user).is_some_and(|u| u.known)
+    }
+
+    /// Appends one presence per session of `user` (owned here) that has a status.
+    pub(super) fn snapshot(&self, user: UserId, out: &mut Vec<Presence>) {
+        let Some(entry) = self.users.get(&user) else { return };
+        for &slot in &entry.online {
+            if let Some(session) = self.entries.get(slot as usize).and_then(Option::as_ref) {
+                if let Some(status) = &session.status {
+                    out.push(presence_of(session, status.clone()));
+                }
+            }
+        }
+    }
+
+    /// Counts a follow edge from `from_shard` to `user` (owned here).
+    pub(super) fn count_interest(&mut self, user: UserId, from_shard: u16) {
+        let entry = self.users.entry(user).or_default();
+        match entry.interest.iter_mut().find(|(shard, _)| *shard == from_shard) {
+            Some((_, count)) => *count += 1,
+            None => entry.interest.push((from_shard, 1)),
+        }
+    }
+
+    fn uncount_interest(&mut self, user: UserId, from_shard: u16) {
+        if let Some(entry) = self.users.get_mut(&user) {
+            if let Some(pos) = entry.interest.iter().position(|(shard, _)| *shard == from_shard) {
+                entry.interest[pos].1 -= 1;
+                if entry.interest[pos].1 == 0 {
+                    entry.interest.swap_remove(pos);
+                }
+            }
+        }
+        self.forget_if_idle(user);
+    }
+
+    fn forget_if_idle(&mut self, user: UserId) {
+        if let Entry::Occupied(entry) = self.users.entry(user) {
+            if entry.get().is_idle() {
+                entry.remove();
+            }
+        }
+    }
+
+    // ---- directory ----------------------------------------------------------
+
+    /// Records that `user` exists (its id is owned here).
+    pub fn register_id(&mut self, user: UserId) {
+        self.users.entry(user).or_default().known = true;
+    }
+
+    /// Records `username` → `user` (the name is owned here).
+    pub fn register_name(&mut self, username: Arc<str>, user: UserId) {
+        self.usernames.insert(username, user);
+    }
+
+    /// The user with `username`, if the name is owned here and known.
+    pub(super) fn resolve_name(&self, username: &str) -> Option<UserId> {
+        self.usernames.get(username).copied()
+    }
+
+    // ---- inbox ----------------------------------------------------------------
+
+    /// Applies one message from another thread. (`Run` is handled by the
+    /// caller, which must not hold the shard borrowed while it runs.)
+    pub fn handle(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Deliver(change) => self.deliver(&change),
+            ShardMsg::Follow { from_shard, session, users, new_edges } => {
+                self.grant_follow(from_shard, session, users, new_edges)
+            }
+            ShardMsg::FollowGranted { from_shard, session, granted_new, presences } => {
+                self.follow_granted(from_shard, session, granted_new, presences)
+            }
+            ShardMsg::Unfollowed { from_shard, users } => {
+                for user in users {
+                    self.uncount_interest(user, from_shard);
+                }
+            }
+            ShardMsg::ResolveNames { from_shard, session, names } => {
+                let users = names.iter().filter_map(|n| self.resolve_name(n)).collect();
+                self.engine.send(from_shard as usize, ShardMsg::NamesResolved { session, users });
+            }
+            ShardMsg::NamesResolved { session, users } => self.names_resolved(session, users),
+            ShardMsg::RegisterUser { user, username, owns_id, owns_name, done } => {
+                if owns_id {
+                    self.register_id(user);
+                }
+                if owns_name {
+                    self.register_name(username, user);
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            ShardMsg::QueryStatus { users, reply } => {
+                let statuses = users.into_iter().map(|u| self.user_status(u)).collect();
+                let _ = reply.send(statuses);
+            }
+            ShardMsg::Kick { session, cause, reply } => {
+                let _ = reply.send(self.kick(session, cause));
+            }
+            ShardMsg::Shutdown => self.close_all(CloseCause::Shutdown),
+            ShardMsg::Run(_) => {
+                debug_assert!(false, "Run must be handled by the shard loop");
+            }
+        }
+    }
+
+    /// The statuses of `user` (owned here), for the backend API.
+    pub fn user_status(&self, user: UserId) -> UserStatus {
+        let mut presences = Vec::new();
+        self.snapshot(user, &mut presences);
+        UserStatus {
+            user_id: user,
+            sessions: presences.into_iter().map(|p| (p.session_id, p.status)).collect(),
+        }
+    }
+
+    /// Asks the session with `id` to close. Scans the shard: kicks are rare.
+    pub fn kick(&self, id: SessionId, cause: CloseCause) -> bool {
+        for (slot, entry) in self.slots.iter().zip(&self.entries) {
+            if let (Some(outbox), Some(entry)) = (&slot.outbox, entry) {
+                if entry.id == id {
+                    return outbox.close(cause);
+                }
+            }
+        }
+        false
+    }
+
+    /// Asks every session to close with `cause`.
+    pub fn close_all(&self, cause: CloseCause) {
+        for outbox in self.slots.iter().filter_map(|s| s.outbox.as_ref()) {
+            outbox.close(cause.clone());
+        }
+    }
+
+    /// Keepalive, run once a second: queues a websocket ping to every session
+    /// due for one, and closes sessions silent for longer than the pong wait.
+    pub fn keepalive(&mut self, now: u32) {
+        let config = self.engine.config();
+        let (period, wait) = (config.ping_period_sec, config.pong_wait_sec);
+        for (slot, entry) in self.slots.iter().zip(self.entries.iter_mut()) {
+            let (Some(outbox), Some(entry)) = (&slot.outbox, entry) else { continue };
+            if now.saturating_sub(outbox.last_heard()) >= wait {
+                outbox.close(CloseCause::Timeout);
+            } else if now.saturating_sub(entry.last_ping) >= period {
+                entry.last_ping = now;
+                let _ = outbox.push(self.ping.clone());
+            }
+        }
+    }
+}
+
+/// The presence of `session` with `status`.
+pub(super) fn presence_of(session: &SessionEntry, status: Arc<str>) -> Presence {
+    Presence {
+        user_id: session.user,
+        session_id: session.id,
+        username: session.username.clone(),
+        status,
+    }
+}
+
+/// Inspection helpers for tests.
+#[cfg(test)]
+impl Shard {
+    pub(super) fn knows(&self, user: UserId) -> bool {
+        self.users.get(&user).is_some_and(|u| u.known)
+    }
+    pub(super) fn interest_of(&self, user: UserId) -> Vec<(u16, u32)> {
+        self.users.get(&user).map(|u| u.interest.to_vec()).unwrap_or_default()
+    }
+    pub(super) fn follower_count(&self, user: UserId) -> usize {
+        self.followers.get(&user).map_or(0, |s| s.len())
+    }
+}

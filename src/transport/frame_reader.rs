@@ -1,0 +1,216 @@
+//! [`FrameReader`]: incremental parsing of client → server websocket frames
+//! (RFC 6455 §5) out of a caller-provided buffer.
+//!
+//! The connection reads into a **per-thread** buffer and hands it here, so an
+//! idle connection holds no read buffer at all: only the bytes of an
+//! incomplete frame are carried in `partial` (allocated only then), and a
+//! fragmented message being assembled in `fragments`. fastwebsockets'
+//! `WebSocket` keeps an 8 KiB buffer per connection and awaits inside the
+//! stream, which would cost 8 KiB per idle session; this module uses its
+//! frame primitives (`OpCode`, `unmask`, `CloseCode`) over our buffers instead.
+//!
+//! Every violation maps to the close code RFC 6455 prescribes:
+//! * 1002 (protocol error): reserved bits, reserved opcodes, unmasked frames,
+//!   fragmented or over-long control frames, continuation without a start,
+//!   a new data frame inside a fragmented message, a bad close payload;
+//! * 1007: a text message (or close reason) that is not UTF-8;
+//! * 1009: a message longer than `--max-message-bytes`, detected from the
+//!   header before its payload is read.
+
+use fastwebsockets::{CloseCode, OpCode};
+
+/// A parsed frame or message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsEvent<'a> {
+    /// A complete data message (fragments reassembled), unmasked.
+    Message { opcode: OpCode, payload: &'a mut [u8] },
+    /// A ping; answer with a pong carrying the same payload.
+    Ping(&'a [u8]),
+    /// A pong (solicited or not): proof of liveness.
+    Pong,
+    /// The peer starts (or answers) the closing handshake.
+    Close { code: Option<u16> },
+}
+
+/// A violation of the websocket protocol; the session closes with `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Violation {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+const fn protocol_error(reason: &'static str) -> Violation {
+    Violation { code: 1002, reason }
+}
+
+/// A message longer than the limit.
+pub const TOO_BIG: Violation = Violation { code: 1009, reason: "" };
+/// A text message or close reason that is not UTF-8.
+pub const NOT_UTF8: Violation = Violation { code: 1007, reason: "invalid UTF-8" };
+
+/// A fragmented data message being reassembled.
+struct Fragments {
+    opcode: OpCode,
+    data: Vec<u8>,
+}
+
+/// Parser state carried between reads (see the module doc).
+pub struct FrameReader {
+    max_message: usize,
+    /// Bytes of an incomplete frame (or of frames not processed yet) carried to the next read.
+    pub partial: Vec<u8>,
+    fragments: Option<Fragments>,
+    /// The last reassembled message, borrowed by the event that returned it.
+    completed: Option<Fragments>,
+}
+
+impl FrameReader {
+    pub fn new(max_message: usize) -> FrameReader {
+        FrameReader { max_message, partial: Vec::new(), fragments: None, completed: None }
+    }
+
+    /// The largest frame this reader accepts, header included: what a read
+    /// buffer must be able to hold.
+    pub fn max_frame(&self) -> usize {
+        self.max_message + 14
+    }
+
+    /// Parses the next event from `buf[*pos..]`, advancing `*pos` past it.
+    /// `Ok(None)` means the rest of the buffer is an incomplete frame.
+    pub fn next<'a>(&'a mut self, buf: &'a mut [u8], pos: &mut usize) -> Result<Option<WsEvent<'a>>, Violation> {
+        self.completed = None;
+        loop {
+            let rest = &buf[*pos..];
+            let Some(header) = parse_header(rest)? else { return Ok(None) };
+            let control = matches!(header.opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
+            if control {
+                if !header.fin {
+                    return Err(protocol_error("fragmented control frame"));
+                }
+                if header.len > 125 {
+                    return Err(protocol_error("control frame too long"));
+                }
+            } else {
+                let assembled = self.fragments.as_ref().map_or(0, |f| f.data.len());
+                if header.len > (self.max_message - assembled.min(self.max_message)) as u64 {
+                    return Err(TOO_BIG);
+                }
+            }
+            let len = header.len as usize;
+            let end = header.size + len;
+            if rest.len() < end {
+                return Ok(None);
+            }
+            let start = *pos + header.size;
+            *pos += end;
+            let payload = &mut buf[start..start + len];
+            fastwebsockets::unmask(payload, header.mask);
+
+            match header.opcode {
+                OpCode::Ping => return Ok(Some(WsEvent::Ping(payload))),
+                OpCode::Pong => return Ok(Some(WsEvent::Pong)),
+                OpCode::Close => return parse_close(payload).map(Some),
+                OpCode::Continuation => {
+                    let Some(fragments) = self.fragments.as_mut() else {
+                        return Err(protocol_error("continuation frame without a message"));
+                    };
+                    fragments.data.extend_from_slice(payload);
+                    if !header.fin {
+                        continue;
+                    }
+                    // The assembled message is handed out from `completed`,
+                    // which lives until the next call.
+                    let completed = self.completed.insert(self.fragments.take().unwrap_or(Fragments {
+                        opcode: OpCode::Binary,
+                        data: Vec::new(),
+                    }));
+                    return data_message(completed.opcode, &mut completed.data).map(Some);
+                }
+                OpCode::Text | OpCode::Binary => {
+                    if self.fragments.is_some() {
+                        return Err(protocol_error("new message inside a fragmented message"));
+                    }
+                    if header.fin {
+                        return data_message(header.opcode, payload).map(Some);
+                    }
+                    self.fragments = Some(Fragments { opcode: header.opcode, data: payload.to_vec() });
+                }
+            }
+        }
+    }
+}
+
+/// A complete data message, UTF-8 checked when it is text.
+fn data_message(opcode: OpCode, payload: &mut [u8]) -> Result<WsEvent<'_>, Violation> {
+    if opcode == OpCode::Text && std::str::from_utf8(payload).is_err() {
+        return Err(NOT_UTF8);
+    }
+    Ok(WsEvent::Message { opcode, payload })
+}
+
+fn parse_close(payload: &[u8]) -> Result<WsEvent<'static>, Violation> {
+    match payload.len() {
+        0 => Ok(WsEvent::Close { code: None }),
+        1 => Err(protocol_error("close frame with a one-byte payload")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            if !CloseCode::from(code).is_allowed() {
+                return Err(protocol_error("invalid close code"));
+            }
+            if std::str::from_utf8(&payload[2..]).is_err() {
+                return Err(NOT_UTF8);
+            }
+            Ok(WsEvent::Close { code: Some(code) })
+        }
+    }
+}
+
+struct Header {
+    fin: bool,
+    opcode: OpCode,
+    mask: [u8; 4],
+    len: u64,
+    /// Header length in bytes (2 + extended length + 4 mask bytes).
+    size: usize,
+}
+
+/// Parses a frame header; `Ok(None)` if `bytes` does not hold all of it yet.
+fn parse_header(bytes: &[u8]) -> Result<Option<Header>, Violation> {
+    let [b0, b1, ..] = *bytes else { return Ok(None) };
+    if b0 & 0x70 != 0 {
+        return Err(protocol_error("reserved bits set"));
+    }
+    let opcode = match b0 & 0x0f {
+        0 => OpCode::Continuation,
+        1 => OpCode::Text,
+        2 => OpCode::Binary,
+        8 => OpCode::Close,
+        9 => OpCode::Ping,
+        10 => OpCode::Pong,
+        _ => return Err(protocol_error("reserved opcode")),
+    };
+    if b1 & 0x80 == 0 {
+        return Err(protocol_error("unmasked client frame"));
+    }
+    let (len, ext) = match b1 & 0x7f {
+        126 => match bytes.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 2),
+            None => return Ok(None),
+        },
+        127 => match bytes.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(b) => {
+                let len = u64::from_be_bytes(b);
+                if len >> 63 != 0 {
+                    return Err(protocol_error("payload length with the high bit set"));
+                }
+                (len, 8)
+            }
+            None => return Ok(None),
+        },
+        short => (u64::from(short), 0),
+    };
+    let Some(mask) = bytes.get(2 + ext..6 + ext).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+        return Ok(None);
+    };
+    Ok(Some(Header { fin: b0 & 0x80 != 0, opcode, mask, len, size: 6 + ext }))
+}

@@ -96,7 +96,10 @@ impl Server {
     pub fn shutdown(self) {
         self.engine.handle().begin_shutdown();
         self.engine.join();
-        self.accounts.shutdown_blocking();
+        match tokio::runtime::Builder::new_current_thread().build() {
+            Ok(runtime) => runtime.block_on(self.accounts.shutdown()),
+            Err(error) => tracing::error!(%error, "cannot close the account store cleanly"),
+        }
     }
 }
 

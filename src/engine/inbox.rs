@@ -22,7 +22,8 @@ use tokio::sync::{oneshot, Notify};
 
 use super::event::StatusChange;
 use super::outbox::CloseCause;
-use super::shard::{SessionKey, ShardContext};
+use super::runtime::ShardContext;
+use super::shard::SessionKey;
 use super::status_query::UserStatus;
 use crate::ids::{SessionId, UserId};
 use crate::protocol::Presence;

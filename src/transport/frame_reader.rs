@@ -79,9 +79,10 @@ impl FrameReader {
     /// `Ok(None)` means the rest of the buffer is an incomplete frame.
     pub fn next<'a>(&'a mut self, buf: &'a mut [u8], pos: &mut usize) -> Result<Option<WsEvent<'a>>, Violation> {
         self.completed = None;
-        loop {
-            let rest = &buf[*pos..];
-            let Some(header) = parse_header(rest)? else { return Ok(None) };
+        // Frames that only add to a fragmented message are absorbed here;
+        // the loop ends at the first frame that yields an event.
+        let (header, start) = loop {
+            let Some(header) = parse_header(&buf[*pos..])? else { return Ok(None) };
             let control = matches!(header.opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
             if control {
                 if !header.fin {
@@ -92,50 +93,53 @@ impl FrameReader {
                 }
             } else {
                 let assembled = self.fragments.as_ref().map_or(0, |f| f.data.len());
-                if header.len > (self.max_message - assembled.min(self.max_message)) as u64 {
+                if header.len > self.max_message.saturating_sub(assembled) as u64 {
                     return Err(TOO_BIG);
                 }
             }
             let len = header.len as usize;
-            let end = header.size + len;
-            if rest.len() < end {
+            if buf.len() - *pos < header.size + len {
                 return Ok(None);
             }
             let start = *pos + header.size;
-            *pos += end;
+            *pos = start + len;
             let payload = &mut buf[start..start + len];
             fastwebsockets::unmask(payload, header.mask);
-
             match header.opcode {
-                OpCode::Ping => return Ok(Some(WsEvent::Ping(payload))),
-                OpCode::Pong => return Ok(Some(WsEvent::Pong)),
-                OpCode::Close => return parse_close(payload).map(Some),
                 OpCode::Continuation => {
                     let Some(fragments) = self.fragments.as_mut() else {
                         return Err(protocol_error("continuation frame without a message"));
                     };
                     fragments.data.extend_from_slice(payload);
-                    if !header.fin {
-                        continue;
-                    }
-                    // The assembled message is handed out from `completed`,
-                    // which lives until the next call.
-                    let completed = self.completed.insert(self.fragments.take().unwrap_or(Fragments {
-                        opcode: OpCode::Binary,
-                        data: Vec::new(),
-                    }));
-                    return data_message(completed.opcode, &mut completed.data).map(Some);
                 }
                 OpCode::Text | OpCode::Binary => {
                     if self.fragments.is_some() {
                         return Err(protocol_error("new message inside a fragmented message"));
                     }
-                    if header.fin {
-                        return data_message(header.opcode, payload).map(Some);
+                    if !header.fin {
+                        self.fragments = Some(Fragments { opcode: header.opcode, data: payload.to_vec() });
                     }
-                    self.fragments = Some(Fragments { opcode: header.opcode, data: payload.to_vec() });
                 }
+                _ => {}
             }
+            let absorbed = !header.fin && header.opcode != OpCode::Close;
+            if !absorbed {
+                break (header, start);
+            }
+        };
+        let payload = &mut buf[start..start + header.len as usize];
+        match header.opcode {
+            OpCode::Ping => Ok(Some(WsEvent::Ping(payload))),
+            OpCode::Pong => Ok(Some(WsEvent::Pong)),
+            OpCode::Close => parse_close(payload).map(Some),
+            OpCode::Continuation => {
+                // The assembled message is handed out from `completed`, which
+                // lives until the next call.
+                let Some(done) = self.fragments.take() else { return Ok(None) };
+                let completed = self.completed.insert(done);
+                data_message(completed.opcode, &mut completed.data).map(Some)
+            }
+            OpCode::Text | OpCode::Binary => data_message(header.opcode, payload).map(Some),
         }
     }
 }

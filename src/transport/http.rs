@@ -64,7 +64,7 @@ pub async fn serve(ctx: Rc<ShardContext>, state: Arc<ServerState>, stream: TcpSt
     }
 }
 
-async fn route(ctx: &Rc<ShardContext>, state: &ServerState, rest: &RestContext, request: Request<Incoming>) -> Response<Body> {
+async fn route(ctx: &Rc<ShardContext>, state: &Arc<ServerState>, rest: &RestContext, request: Request<Incoming>) -> Response<Body> {
     let mut response = match (request.method(), request.uri().path()) {
         (&Method::OPTIONS, _) => preflight(),
         (&Method::GET | &Method::HEAD, "/") => Response::new(Body::default()),

@@ -155,7 +155,7 @@ fn record_external_user(ctx: &Rc<ShardContext>, state: &ServerState, claims: &Se
     let (accounts, engine) = (state.accounts.clone(), ctx.engine.clone());
     let (user, username) = (claims.user_id, claims.username.clone());
     tokio::task::spawn_local(async move {
-        match accounts.record_external(user, &username).await {
+        match accounts.record_external(user, username).await {
             Ok(Some(stored)) => engine.register_user(user, &stored).await,
             Ok(None) => {}
             Err(error) => tracing::warn!(%user, %error, "cannot record an external user"),

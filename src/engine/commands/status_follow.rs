@@ -82,6 +82,7 @@ impl Shard {
     /// Phase 2: follow `users` (ids, possibly unknown or repeated).
     fn follow_users(&mut self, key: SessionKey, cid: String, mut users: Vec<UserId>) -> Outcome {
         let max_follows = self.engine.config().max_follows;
+        let router = self.engine.router().clone();
         let Some(entry) = self.entry_mut(key) else { return Outcome::Done };
         let own = entry.user;
         users.retain(|u| *u != own && !u.is_nil());
@@ -92,7 +93,6 @@ impl Shard {
             return self.fail(key, &cid, errors::TOO_MANY_FOLLOWS);
         }
 
-        let router = self.engine.router().clone();
         let mut by_owner: Vec<(Vec<UserId>, Vec<bool>)> = vec![(Vec::new(), Vec::new()); router.shards()];
         for user in users {
             let group = &mut by_owner[router.shard_of_user(user)];

@@ -1,1 +1,3 @@
-//! Transport (PLACEHOLDER).
+//! Transport (PLACEHOLDER): the HTTP listener, websocket upgrade and writers.
+
+pub mod rest;

@@ -1,0 +1,872 @@
+//! The embedded account store: user ids, usernames, custom ids and device
+//! ids in one SQLite file (`<data_dir>/herald.sqlite3`).
+//!
+//! Threads: one dedicated thread (`herald-accounts`) owns the
+//! `rusqlite::Connection`; nothing else ever touches it. Callers on any tokio
+//! runtime thread send it jobs over an unbounded crossbeam channel, each with
+//! a `tokio::sync::oneshot` reply. The channel is unbounded on purpose: every
+//! job belongs to one in-flight HTTP request (or websocket handshake), so the
+//! queue is already bounded by the listener's connection limit, and a full
+//! queue would otherwise have to block a runtime thread.
+//!
+//! Group commit: the thread blocks for one job, drains whatever else is queued
+//! (up to [`MAX_BATCH`]), runs all of them in one `BEGIN IMMEDIATE`
+//! transaction (each inside its own savepoint, so one failing job cannot undo
+//! another), commits, and only then answers them. An account is therefore
+//! acknowledged only after its commit (see Durability for what that
+//! guarantees), and a burst of sign-ups pays for one transaction (lock, WAL
+//! append, and the sync, were the database ever run with `synchronous=FULL`)
+//! instead of one each. Because every job runs on this one thread, concurrent
+//! authenticates of the same new id are serialized: the first creates the
+//! account, the rest find it. That yields exactly one account and never a
+//! uniqueness error.
+//!
+//! Durability: WAL journal with `synchronous=NORMAL`. A commit is written to
+//! the WAL file (at least the OS page cache) before it is acknowledged, so it
+//! survives the process being killed (`kill -9`, panic, OOM). On power loss or
+//! an OS crash the commits since the last WAL sync may be lost (in this mode
+//! SQLite syncs the WAL only at checkpoints), but the database is never
+//! corrupted: it reopens at an earlier consistent state. `synchronous=FULL`
+//! would make every acknowledged commit survive power loss too, at the price
+//! of an fsync per batch; Herald does not offer it today.
+//!
+//! Lifecycle: [`AccountStore::open`] starts the thread. It stops when
+//! [`AccountStore::shutdown`] is awaited or the last clone is dropped: it
+//! finishes the jobs queued before the stop request, runs
+//! `PRAGMA wal_checkpoint(TRUNCATE)`, closes the connection and exits. Jobs
+//! sent after that are answered with [`AccountError::Closed`]. Dropping the
+//! last clone blocks the dropping thread until the store thread has exited,
+//! so a store reopened afterwards sees everything.
+//!
+//! Safety with hostile input: every statement is parameterized; ids and
+//! usernames are plain data whatever characters they contain. Length and
+//! character rules are the REST layer's job (`transport::rest`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam::channel::{self, Receiver, Sender};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::ids::UserId;
+
+/// File name of the database inside the data directory.
+pub const DB_FILE_NAME: &str = "herald.sqlite3";
+
+/// Most jobs run in one transaction. Bounds the latency a job can add to the
+/// others in its batch.
+pub const MAX_BATCH: usize = 256;
+
+/// Attempts at finding a free generated username before giving up.
+const USERNAME_ATTEMPTS: usize = 64;
+
+/// Schema version written to `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id          TEXT PRIMARY KEY NOT NULL,  -- canonical lowercase UUID
+    username    TEXT UNIQUE,                -- NULL only for external users whose name was taken
+    custom_id   TEXT UNIQUE,                -- NULL unless created by authenticate/custom
+    create_time INTEGER NOT NULL            -- unix seconds
+);
+CREATE TABLE IF NOT EXISTS user_device (
+    id      TEXT PRIMARY KEY NOT NULL,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS user_device_user_id ON user_device (user_id);
+";
+
+/// Which identifier namespace an authenticate call uses. Custom and device ids
+/// are separate: the same string may name one account as a custom id and
+/// another as a device id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdKind {
+    Custom,
+    Device,
+}
+
+/// An account as authenticate and lookups return it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub user_id: UserId,
+    /// The stored username. Never empty for accounts made by authenticate;
+    /// empty for an external user stored without one (see
+    /// [`AccountStore::record_external`]).
+    pub username: String,
+    /// True only for the call that created the account.
+    pub created: bool,
+}
+
+/// One row of the user directory, handed to the engine at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownUser {
+    pub user_id: UserId,
+    /// Empty when the user has no username (see [`Account::username`]).
+    pub username: String,
+}
+
+/// Opening the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("account database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("account database {path}: journal_mode is {mode}, WAL could not be enabled")]
+    NoWal { path: PathBuf, mode: String },
+    #[error("account database {path}: schema version {found} is newer than this build ({SCHEMA_VERSION})")]
+    SchemaTooNew { path: PathBuf, found: i64 },
+    #[error("account database {path}: user id {id:?} is not a UUID")]
+    CorruptUserId { path: PathBuf, id: String },
+    #[error("cannot start the account store thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// An account request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    /// No account has this id and creation was not allowed.
+    #[error("User account not found.")]
+    NotFound,
+    /// The requested username belongs to another account.
+    #[error("Username is already in use.")]
+    UsernameTaken,
+    /// SQLite failed; the text is for logs, not for clients.
+    #[error("account store error: {0}")]
+    Store(String),
+    /// The store thread has stopped.
+    #[error("account store is shut down")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for AccountError {
+    fn from(error: rusqlite::Error) -> Self {
+        AccountError::Store(error.to_string())
+    }
+}
+
+/// Called after the batch's commit (or its failure) to answer one job.
+type Deliver = Box<dyn FnOnce(Result<(), AccountError>) + Send>;
+/// Runs one job inside the batch transaction (`None`: the transaction could
+/// not be started, so the job only reports that) and returns how to answer it.
+type Job = Box<dyn FnOnce(Option<&mut Transaction<'_>>) -> Deliver + Send>;
+
+enum Message {
+    Job(Job),
+    /// Finish what was queued before this, checkpoint, close, then signal.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Handle to the store thread. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct AccountStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Jobs to the store thread. Never closed while `Inner` lives.
+    sender: Sender<Message>,
+    /// The store thread, joined when the last handle is dropped.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let (ack, _ignored) = oneshot::channel();
+        let _ = self.sender.send(Message::Shutdown(ack));
+        let handle = match self.thread.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("account store thread panicked");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for AccountStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccountStore").finish_non_exhaustive()
+    }
+}
+
+impl AccountStore {
+    /// Creates `data_dir` and the database if needed, applies the schema,
+    /// starts the store thread, and returns every known user so the engine
+    /// can load its directory.
+    pub fn open(data_dir: &Path) -> Result<(AccountStore, Vec<KnownUser>), StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE_NAME);
+        let sqlite = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+
+        let conn = Connection::open(&path).map_err(sqlite)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(sqlite)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::NoWal { path, mode });
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sqlite)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(sqlite)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path,
+                found: version,
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sqlite)?;
+
+        let known = load_known_users(&conn).map_err(sqlite)?;
+        let known = known
+            .into_iter()
+            .map(|(id, username)| match UserId::parse(&id) {
+                Some(user_id) => Ok(KnownUser {
+                    user_id,
+                    username: username.unwrap_or_default(),
+                }),
+                None => Err(StoreError::CorruptUserId {
+                    path: path.clone(),
+                    id,
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let (sender, receiver) = channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("herald-accounts".into())
+            .spawn(move || run(conn, receiver))
+            .map_err(StoreError::Thread)?;
+        let store = AccountStore {
+            inner: Arc::new(Inner {
+                sender,
+                thread: Mutex::new(Some(thread)),
+            }),
+        };
+        Ok((store, known))
+    }
+
+    /// Finds the account with this custom or device id, creating it when
+    /// `create` is set (Nakama §9.1):
+    /// * existing id → that account, `created = false`; `username` is ignored;
+    /// * unknown id and `!create` → [`AccountError::NotFound`];
+    /// * `username` taken by another account → [`AccountError::UsernameTaken`];
+    /// * `username` `None` (or empty) → 10 random ASCII letters, retried on a collision.
+    ///
+    /// New user ids are random UUIDv4s.
+    pub async fn authenticate(
+        &self,
+        kind: IdKind,
+        id: String,
+        username: Option<String>,
+        create: bool,
+    ) -> Result<Account, AccountError> {
+        self.call(move |conn| authenticate_in(conn, kind, &id, username.as_deref(), create))
+            .await
+    }
+
+    /// Records a user first seen in a token minted by a real Nakama. Inserts
+    /// it (without custom or device id) if unknown. Returns the username now
+    /// stored for it: the given one, or `None` when it was empty or another
+    /// user already holds it (the user is then stored without a username, so
+    /// usernames stay unique). For an already known user, returns what is
+    /// stored and changes nothing.
+    pub async fn record_external(
+        &self,
+        user_id: UserId,
+        username: String,
+    ) -> Result<Option<String>, AccountError> {
+        self.call(move |conn| record_external_in(conn, user_id, &username))
+            .await
+    }
+
+    /// Looks an account up by user id (`created` is always false).
+    pub async fn get(&self, user_id: UserId) -> Result<Option<Account>, AccountError> {
+        self.call(move |conn| get_in(conn, user_id)).await
+    }
+
+    /// Stops the store thread: queued work is finished and committed, the WAL
+    /// is checkpointed into the main file, and the connection is closed.
+    /// Later calls on any clone fail with [`AccountError::Closed`]. Idempotent.
+    pub async fn shutdown(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.inner.sender.send(Message::Shutdown(ack)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Sends `work` to the store thread and waits for its committed result.
+    async fn call<T, F>(&self, work: F) -> Result<T, AccountError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, AccountError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel::<Result<T, AccountError>>();
+        let job: Job = Box::new(move |txn: Option<&mut Transaction<'_>>| {
+            let result = match txn {
+                Some(txn) => in_savepoint(txn, work),
+                None => Err(AccountError::Store("no transaction".into())),
+            };
+            Box::new(move |committed: Result<(), AccountError>| {
+                // The caller may have gone away (request cancelled); that is fine.
+                let _ = reply.send(committed.and(result));
+            })
+        });
+        self.inner
+            .sender
+            .send(Message::Job(job))
+            .map_err(|_| AccountError::Closed)?;
+        answer.await.map_err(|_| AccountError::Closed)?
+    }
+}
+
+/// Runs `work` in a savepoint: kept if it succeeds, rolled back if it fails,
+/// so a failed job leaves no partial rows in the shared batch transaction.
+fn in_savepoint<T>(
+    txn: &mut Transaction<'_>,
+    work: impl FnOnce(&Connection) -> Result<T, AccountError>,
+) -> Result<T, AccountError> {
+    let savepoint = txn.savepoint()?;
+    let result = work(&savepoint)?;
+    savepoint.commit()?;
+    Ok(result)
+}
+
+/// The store thread's loop (see the module doc).
+fn run(mut conn: Connection, receiver: Receiver<Message>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let stop_ack = loop {
+        let mut stop = None;
+        match receiver.recv() {
+            Ok(Message::Job(job)) => batch.push(job),
+            Ok(Message::Shutdown(ack)) => stop = Some(Some(ack)),
+            // Every handle is gone (cannot happen while `Inner` lives, but be safe).
+            Err(_) => stop = Some(None),
+        }
+        while stop.is_none() && batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(Message::Job(job)) => batch.push(job),
+                Ok(Message::Shutdown(ack)) => stop = Some(Some(ack)),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            run_batch(&mut conn, &mut batch);
+        }
+        if let Some(ack) = stop {
+            break ack;
+        }
+    };
+    // Jobs still queued behind the stop request are dropped with the receiver;
+    // their callers see `Closed`.
+    drop(receiver);
+    if let Err(error) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::error!(%error, "account store checkpoint failed");
+    }
+    if let Err((_, error)) = conn.close() {
+        tracing::error!(%error, "account store close failed");
+    }
+    if let Some(ack) = stop_ack {
+        let _ = ack.send(());
+    }
+}
+
+/// One group commit: every job in one transaction, answers after the commit.
+fn run_batch(conn: &mut Connection, batch: &mut Vec<Job>) {
+    let mut txn = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(txn) => txn,
+        Err(error) => {
+            tracing::error!(%error, "account store cannot begin a transaction");
+            let failure = AccountError::from(error);
+            // Every job is still answered, with the error, and none is run.
+            for job in batch.drain(..) {
+                job(None)(Err(failure.clone()));
+            }
+            return;
+        }
+    };
+    let deliveries: Vec<Deliver> = batch.drain(..).map(|job| job(Some(&mut txn))).collect();
+    let committed = txn.commit().map_err(|error| {
+        tracing::error!(%error, "account store commit failed");
+        AccountError::from(error)
+    });
+    for deliver in deliveries {
+        deliver(committed.clone());
+    }
+}
+
+fn load_known_users(conn: &Connection) -> rusqlite::Result<Vec<(String, Option<String>)>> {
+    let mut statement = conn.prepare("SELECT id, username FROM users")?;
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    rows.collect()
+}
+
+fn parse_stored_id(id: &str) -> Result<UserId, AccountError> {
+    UserId::parse(id)
+        .ok_or_else(|| AccountError::Store(format!("stored user id {id:?} is not a UUID")))
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn authenticate_in(
+    conn: &Connection,
+    kind: IdKind,
+    id: &str,
+    username: Option<&str>,
+    create: bool,
+) -> Result<Account, AccountError> {
+    let lookup = match kind {
+        IdKind::Custom => "SELECT id, username FROM users WHERE custom_id = ?1",
+        IdKind::Device => {
+            "SELECT u.id, u.username FROM user_device d JOIN users u ON u.id = d.user_id WHERE d.id = ?1"
+        }
+    };
+    let existing: Option<(String, Option<String>)> = conn
+        .prepare_cached(lookup)?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    if let Some((user_id, stored_name)) = existing {
+        return Ok(Account {
+            user_id: parse_stored_id(&user_id)?,
+            username: stored_name.unwrap_or_default(),
+            created: false,
+        });
+    }
+    if !create {
+        return Err(AccountError::NotFound);
+    }
+
+    let username = match username.filter(|name| !name.is_empty()) {
+        Some(name) if username_taken(conn, name)? => return Err(AccountError::UsernameTaken),
+        Some(name) => name.to_owned(),
+        None => free_generated_username(conn)?,
+    };
+    let user_id = UserId(Uuid::new_v4());
+    let mut id_text = [0u8; 36];
+    let id_text = user_id.encode(&mut id_text);
+    match kind {
+        IdKind::Custom => {
+            conn.prepare_cached(
+                "INSERT INTO users (id, username, custom_id, create_time) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id_text, username, id, now_unix()])?;
+        }
+        IdKind::Device => {
+            conn.prepare_cached(
+                "INSERT INTO users (id, username, create_time) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![id_text, username, now_unix()])?;
+            conn.prepare_cached("INSERT INTO user_device (id, user_id) VALUES (?1, ?2)")?
+                .execute(params![id, id_text])?;
+        }
+    }
+    Ok(Account {
+        user_id,
+        username,
+        created: true,
+    })
+}
+
+fn record_external_in(
+    conn: &Connection,
+    user_id: UserId,
+    username: &str,
+) -> Result<Option<String>, AccountError> {
+    let mut id_text = [0u8; 36];
+    let id_text = user_id.encode(&mut id_text);
+    let existing: Option<Option<String>> = conn
+        .prepare_cached("SELECT username FROM users WHERE id = ?1")?
+        .query_row([id_text], |row| row.get(0))
+        .optional()?;
+    if let Some(stored) = existing {
+        return Ok(stored);
+    }
+    let stored = if username.is_empty() || username_taken(conn, username)? {
+        None
+    } else {
+        Some(username.to_owned())
+    };
+    conn.prepare_cached("INSERT INTO users (id, username, create_time) VALUES (?1, ?2, ?3)")?
+        .execute(params![id_text, stored, now_unix()])?;
+    Ok(stored)
+}
+
+fn get_in(conn: &Connection, user_id: UserId) -> Result<Option<Account>, AccountError> {
+    let mut id_text = [0u8; 36];
+    let id_text = user_id.encode(&mut id_text);
+    let stored: Option<Option<String>> = conn
+        .prepare_cached("SELECT username FROM users WHERE id = ?1")?
+        .query_row([id_text], |row| row.get(0))
+        .optional()?;
+    Ok(stored.map(|username| Account {
+        user_id,
+        username: username.unwrap_or_default(),
+        created: false,
+    }))
+}
+
+fn username_taken(conn: &Connection, username: &str) -> Result<bool, AccountError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM users WHERE username = ?1")?
+        .exists([username])?)
+}
+
+/// A generated username nobody holds. The check and the insert that follows
+/// run in the same transaction on the only connection, so nobody can take it
+/// in between.
+fn free_generated_username(conn: &Connection) -> Result<String, AccountError> {
+    for _ in 0..USERNAME_ATTEMPTS {
+        let candidate = generate_username();
+        if !username_taken(conn, &candidate)? {
+            return Ok(candidate);
+        }
+    }
+    Err(AccountError::Store(
+        "no free generated username after many attempts".into(),
+    ))
+}
+
+/// 10 letters from `[a-zA-Z]`, like Nakama's `generateUsername`. The random
+/// bytes come from UUIDv4 generation (the `uuid` crate's `fast-rng`), which
+/// saves a direct RNG dependency; the bytes holding the fixed version and
+/// variant bits are skipped, and rejection sampling keeps letters uniform.
+pub(crate) fn generate_username() -> String {
+    const ALPHABET: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    const LENGTH: usize = 10;
+    let mut name = String::with_capacity(LENGTH);
+    while name.len() < LENGTH {
+        let bytes = Uuid::new_v4().into_bytes();
+        for (index, byte) in bytes.iter().enumerate() {
+            // Byte 6 carries the version nibble, byte 8 the variant bits.
+            if index == 6 || index == 8 || *byte >= 208 {
+                continue;
+            }
+            name.push(char::from(ALPHABET[usize::from(*byte % 52)]));
+            if name.len() == LENGTH {
+                break;
+            }
+        }
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn open(dir: &Path) -> (AccountStore, Vec<KnownUser>) {
+        AccountStore::open(dir).expect("open store")
+    }
+
+    #[tokio::test]
+    async fn authenticate_creates_then_finds_the_same_account() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, known) = open(dir.path());
+        assert!(known.is_empty());
+
+        let created = store
+            .authenticate(
+                IdKind::Custom,
+                "custom-123".into(),
+                Some("alice".into()),
+                true,
+            )
+            .await
+            .expect("create");
+        assert!(created.created);
+        assert_eq!(created.username, "alice");
+        assert_eq!(created.user_id.0.get_version_num(), 4);
+
+        let found = store
+            .authenticate(
+                IdKind::Custom,
+                "custom-123".into(),
+                Some("ignored".into()),
+                true,
+            )
+            .await
+            .expect("find");
+        assert_eq!(found.user_id, created.user_id);
+        assert_eq!(found.username, "alice");
+        assert!(!found.created);
+
+        let fetched = store.get(created.user_id).await.expect("get");
+        assert_eq!(fetched.map(|a| a.username), Some("alice".to_string()));
+        assert_eq!(store.get(UserId(Uuid::new_v4())).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn unknown_id_without_create_is_not_found() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        let result = store
+            .authenticate(IdKind::Device, "device-123456".into(), None, false)
+            .await;
+        assert_eq!(result, Err(AccountError::NotFound));
+    }
+
+    #[tokio::test]
+    async fn taken_username_is_refused_on_create() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        store
+            .authenticate(
+                IdKind::Custom,
+                "first-id".into(),
+                Some("alice".into()),
+                true,
+            )
+            .await
+            .expect("create");
+        let result = store
+            .authenticate(
+                IdKind::Device,
+                "second-device".into(),
+                Some("alice".into()),
+                true,
+            )
+            .await;
+        assert_eq!(result, Err(AccountError::UsernameTaken));
+        // The refused device id was not stored.
+        let result = store
+            .authenticate(IdKind::Device, "second-device".into(), None, false)
+            .await;
+        assert_eq!(result, Err(AccountError::NotFound));
+        // Usernames are case-sensitive, like Nakama's.
+        let other = store
+            .authenticate(
+                IdKind::Device,
+                "second-device".into(),
+                Some("Alice".into()),
+                true,
+            )
+            .await
+            .expect("create");
+        assert_eq!(other.username, "Alice");
+    }
+
+    #[tokio::test]
+    async fn missing_username_is_generated_from_ten_letters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        let mut names = HashSet::new();
+        for i in 0..20 {
+            let account = store
+                .authenticate(IdKind::Custom, format!("generated-{i}"), None, true)
+                .await
+                .expect("create");
+            assert_eq!(account.username.len(), 10);
+            assert!(account.username.bytes().all(|b| b.is_ascii_alphabetic()));
+            names.insert(account.username);
+        }
+        assert_eq!(names.len(), 20);
+    }
+
+    #[tokio::test]
+    async fn custom_and_device_ids_are_separate_namespaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        let custom = store
+            .authenticate(IdKind::Custom, "same-string-id".into(), None, true)
+            .await
+            .expect("custom");
+        let device = store
+            .authenticate(IdKind::Device, "same-string-id".into(), None, true)
+            .await
+            .expect("device");
+        assert!(custom.created && device.created);
+        assert_ne!(custom.user_id, device.user_id);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_authenticates_of_one_new_id_make_exactly_one_account() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        let tasks: Vec<_> = (0..500)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .authenticate(IdKind::Custom, "contended-id".into(), None, true)
+                        .await
+                })
+            })
+            .collect();
+        let mut accounts = Vec::new();
+        for task in tasks {
+            accounts.push(task.await.expect("join").expect("authenticate"));
+        }
+        assert_eq!(accounts.iter().filter(|a| a.created).count(), 1);
+        let ids: HashSet<_> = accounts.iter().map(|a| a.user_id).collect();
+        assert_eq!(ids.len(), 1);
+        let names: HashSet<_> = accounts.iter().map(|a| a.username.clone()).collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn everything_is_there_after_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        let custom = store
+            .authenticate(
+                IdKind::Custom,
+                "persist-custom".into(),
+                Some("carol".into()),
+                true,
+            )
+            .await
+            .expect("custom");
+        let device = store
+            .authenticate(IdKind::Device, "persist-device".into(), None, true)
+            .await
+            .expect("device");
+        let external = UserId(Uuid::new_v4());
+        assert_eq!(
+            store.record_external(external, "dave".into()).await,
+            Ok(Some("dave".into()))
+        );
+        store.shutdown().await;
+        assert_eq!(store.get(custom.user_id).await, Err(AccountError::Closed));
+        drop(store);
+
+        let (store, known) = open(dir.path());
+        let mut known: Vec<_> = known.into_iter().map(|k| (k.user_id, k.username)).collect();
+        known.sort();
+        let mut expected = vec![
+            (custom.user_id, "carol".to_string()),
+            (device.user_id, device.username.clone()),
+            (external, "dave".to_string()),
+        ];
+        expected.sort();
+        assert_eq!(known, expected);
+
+        let again = store
+            .authenticate(IdKind::Device, "persist-device".into(), None, false)
+            .await
+            .expect("find");
+        assert_eq!(again.user_id, device.user_id);
+        assert!(!again.created);
+    }
+
+    #[tokio::test]
+    async fn external_user_with_a_taken_username_is_stored_without_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        store
+            .authenticate(IdKind::Custom, "owner-id".into(), Some("erin".into()), true)
+            .await
+            .expect("create");
+        let external = UserId(Uuid::new_v4());
+        assert_eq!(
+            store.record_external(external, "erin".into()).await,
+            Ok(None)
+        );
+        let stored = store.get(external).await.expect("get").expect("stored");
+        assert_eq!(stored.username, "");
+        // Known users are left alone.
+        assert_eq!(
+            store.record_external(external, "frank".into()).await,
+            Ok(None)
+        );
+        let second = UserId(Uuid::new_v4());
+        assert_eq!(
+            store.record_external(second, "frank".into()).await,
+            Ok(Some("frank".into()))
+        );
+        assert_eq!(
+            store.record_external(second, "other".into()).await,
+            Ok(Some("frank".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn sql_metacharacters_are_plain_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        let nasty_ids = [
+            "'; DROP TABLE users; --",
+            "\" OR 1=1 --",
+            "%_%\\",
+            "x'); DELETE FROM user_device; --",
+        ];
+        let nasty_name = "Robert'); DROP TABLE users;--";
+        let first = store
+            .authenticate(
+                IdKind::Custom,
+                nasty_ids[0].into(),
+                Some(nasty_name.into()),
+                true,
+            )
+            .await
+            .expect("create");
+        assert_eq!(first.username, nasty_name);
+        for id in &nasty_ids[1..] {
+            let account = store
+                .authenticate(IdKind::Device, (*id).into(), Some(format!("{id}?")), true)
+                .await
+                .expect("create");
+            assert!(account.created);
+        }
+        // LIKE wildcards are not wildcards: "%_%\\" matches only itself.
+        assert_eq!(
+            store
+                .authenticate(IdKind::Device, "%%".into(), None, false)
+                .await,
+            Err(AccountError::NotFound)
+        );
+        let again = store
+            .authenticate(IdKind::Custom, nasty_ids[0].into(), None, false)
+            .await
+            .expect("find");
+        assert_eq!(again.user_id, first.user_id);
+        for id in &nasty_ids[1..] {
+            let found = store
+                .authenticate(IdKind::Device, (*id).into(), None, false)
+                .await
+                .expect("find");
+            assert!(!found.created);
+        }
+    }
+
+    #[test]
+    fn generated_usernames_are_ten_ascii_letters() {
+        for _ in 0..1000 {
+            let name = generate_username();
+            assert_eq!(name.len(), 10);
+            assert!(name.bytes().all(|b| b.is_ascii_alphabetic()), "{name}");
+        }
+    }
+}

@@ -13,19 +13,22 @@
 //! (up to [`MAX_BATCH`]), runs all of them in one `BEGIN IMMEDIATE`
 //! transaction (each inside its own savepoint, so one failing job cannot undo
 //! another), commits, and only then answers them. An account is therefore
-//! acknowledged only after the commit that made it durable, and one fsync is
-//! shared by a whole burst of sign-ups. Because every job runs on this one
-//! thread, concurrent authenticates of the same new id are serialized: the
-//! first creates the account, the rest find it. That yields exactly one
-//! account and never a uniqueness error.
+//! acknowledged only after its commit (see Durability for what that
+//! guarantees), and a burst of sign-ups pays for one transaction (lock, WAL
+//! append, and the sync, were the database ever run with `synchronous=FULL`)
+//! instead of one each. Because every job runs on this one thread, concurrent
+//! authenticates of the same new id are serialized: the first creates the
+//! account, the rest find it. That yields exactly one account and never a
+//! uniqueness error.
 //!
-//! Durability: WAL journal with `synchronous=NORMAL`. A commit is in the WAL
-//! file (the OS page cache) before it is acknowledged, so it survives the
-//! process being killed (`kill -9`, panic, OOM). On power loss or an OS crash
-//! the last commits since the most recent WAL sync may be lost (SQLite syncs
-//! the WAL at checkpoints), but the database is never corrupted: it reopens
-//! at an earlier consistent state. Use `synchronous=FULL` semantics (not
-//! offered) if acknowledged sign-ups must survive power loss.
+//! Durability: WAL journal with `synchronous=NORMAL`. A commit is written to
+//! the WAL file (at least the OS page cache) before it is acknowledged, so it
+//! survives the process being killed (`kill -9`, panic, OOM). On power loss or
+//! an OS crash the commits since the last WAL sync may be lost (in this mode
+//! SQLite syncs the WAL only at checkpoints), but the database is never
+//! corrupted: it reopens at an earlier consistent state. `synchronous=FULL`
+//! would make every acknowledged commit survive power loss too, at the price
+//! of an fsync per batch; Herald does not offer it today.
 //!
 //! Lifecycle: [`AccountStore::open`] starts the thread. It stops when
 //! [`AccountStore::shutdown`] is awaited or the last clone is dropped: it
@@ -425,7 +428,8 @@ fn load_known_users(conn: &Connection) -> rusqlite::Result<Vec<(String, Option<S
 }
 
 fn parse_stored_id(id: &str) -> Result<UserId, AccountError> {
-    UserId::parse(id).ok_or_else(|| AccountError::Store(format!("stored user id {id:?} is not a UUID")))
+    UserId::parse(id)
+        .ok_or_else(|| AccountError::Store(format!("stored user id {id:?} is not a UUID")))
 }
 
 fn now_unix() -> i64 {
@@ -594,7 +598,12 @@ mod tests {
         assert!(known.is_empty());
 
         let created = store
-            .authenticate(IdKind::Custom, "custom-123".into(), Some("alice".into()), true)
+            .authenticate(
+                IdKind::Custom,
+                "custom-123".into(),
+                Some("alice".into()),
+                true,
+            )
             .await
             .expect("create");
         assert!(created.created);
@@ -602,7 +611,12 @@ mod tests {
         assert_eq!(created.user_id.0.get_version_num(), 4);
 
         let found = store
-            .authenticate(IdKind::Custom, "custom-123".into(), Some("ignored".into()), true)
+            .authenticate(
+                IdKind::Custom,
+                "custom-123".into(),
+                Some("ignored".into()),
+                true,
+            )
             .await
             .expect("find");
         assert_eq!(found.user_id, created.user_id);
@@ -629,11 +643,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = open(dir.path());
         store
-            .authenticate(IdKind::Custom, "first-id".into(), Some("alice".into()), true)
+            .authenticate(
+                IdKind::Custom,
+                "first-id".into(),
+                Some("alice".into()),
+                true,
+            )
             .await
             .expect("create");
         let result = store
-            .authenticate(IdKind::Device, "second-device".into(), Some("alice".into()), true)
+            .authenticate(
+                IdKind::Device,
+                "second-device".into(),
+                Some("alice".into()),
+                true,
+            )
             .await;
         assert_eq!(result, Err(AccountError::UsernameTaken));
         // The refused device id was not stored.
@@ -643,7 +667,12 @@ mod tests {
         assert_eq!(result, Err(AccountError::NotFound));
         // Usernames are case-sensitive, like Nakama's.
         let other = store
-            .authenticate(IdKind::Device, "second-device".into(), Some("Alice".into()), true)
+            .authenticate(
+                IdKind::Device,
+                "second-device".into(),
+                Some("Alice".into()),
+                true,
+            )
             .await
             .expect("create");
         assert_eq!(other.username, "Alice");
@@ -712,7 +741,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = open(dir.path());
         let custom = store
-            .authenticate(IdKind::Custom, "persist-custom".into(), Some("carol".into()), true)
+            .authenticate(
+                IdKind::Custom,
+                "persist-custom".into(),
+                Some("carol".into()),
+                true,
+            )
             .await
             .expect("custom");
         let device = store
@@ -729,10 +763,7 @@ mod tests {
         drop(store);
 
         let (store, known) = open(dir.path());
-        let mut known: Vec<_> = known
-            .into_iter()
-            .map(|k| (k.user_id, k.username))
-            .collect();
+        let mut known: Vec<_> = known.into_iter().map(|k| (k.user_id, k.username)).collect();
         known.sort();
         let mut expected = vec![
             (custom.user_id, "carol".to_string()),
@@ -759,11 +790,17 @@ mod tests {
             .await
             .expect("create");
         let external = UserId(Uuid::new_v4());
-        assert_eq!(store.record_external(external, "erin".into()).await, Ok(None));
+        assert_eq!(
+            store.record_external(external, "erin".into()).await,
+            Ok(None)
+        );
         let stored = store.get(external).await.expect("get").expect("stored");
         assert_eq!(stored.username, "");
         // Known users are left alone.
-        assert_eq!(store.record_external(external, "frank".into()).await, Ok(None));
+        assert_eq!(
+            store.record_external(external, "frank".into()).await,
+            Ok(None)
+        );
         let second = UserId(Uuid::new_v4());
         assert_eq!(
             store.record_external(second, "frank".into()).await,
@@ -787,7 +824,12 @@ mod tests {
         ];
         let nasty_name = "Robert'); DROP TABLE users;--";
         let first = store
-            .authenticate(IdKind::Custom, nasty_ids[0].into(), Some(nasty_name.into()), true)
+            .authenticate(
+                IdKind::Custom,
+                nasty_ids[0].into(),
+                Some(nasty_name.into()),
+                true,
+            )
             .await
             .expect("create");
         assert_eq!(first.username, nasty_name);

@@ -394,7 +394,9 @@ mod tests {
         let issued = tokens.issue(user(), "alice", &vars).expect("issue");
 
         let session = tokens.verify_session(&issued.token).expect("session");
-        let refresh = tokens.verify_refresh(&issued.refresh_token).expect("refresh");
+        let refresh = tokens
+            .verify_refresh(&issued.refresh_token)
+            .expect("refresh");
         assert_eq!(session.user_id, user());
         assert_eq!(session.username, "alice");
         assert_eq!(session.vars, vars);
@@ -406,7 +408,9 @@ mod tests {
 
     #[test]
     fn claims_are_written_in_nakama_order_without_empty_vars() {
-        let issued = tokens().issue(user(), "alice", &Vars::new()).expect("issue");
+        let issued = tokens()
+            .issue(user(), "alice", &Vars::new())
+            .expect("issue");
         let json = payload_json(&issued.token);
         let keys: Vec<&str> = ["\"tid\"", "\"uid\"", "\"usn\"", "\"exp\"", "\"iat\""]
             .into_iter()
@@ -477,7 +481,9 @@ mod tests {
 
     #[test]
     fn wrong_key_is_rejected() {
-        let issued = tokens().issue(user(), "alice", &Vars::new()).expect("issue");
+        let issued = tokens()
+            .issue(user(), "alice", &Vars::new())
+            .expect("issue");
         let other = Tokens::new("another-key", REFRESH_KEY, 60, 60);
         assert_eq!(
             other.verify_session(&issued.token),
@@ -489,7 +495,10 @@ mod tests {
     fn expired_token_is_rejected() {
         let now = now_unix();
         for exp in [now - 10, now] {
-            let claims = format!(r#"{{"uid":"{USER}","usn":"a","exp":{exp},"iat":{}}}"#, now - 100);
+            let claims = format!(
+                r#"{{"uid":"{USER}","usn":"a","exp":{exp},"iat":{}}}"#,
+                now - 100
+            );
             let token = hand_built(HEADER_JSON, &claims, KEY);
             assert_eq!(
                 tokens().verify_session(&token),
@@ -572,7 +581,9 @@ mod tests {
         let mut vars = Vars::new();
         vars.insert("a".into(), "1".into());
         let issued = tokens.issue(user(), "alice", &vars).expect("issue");
-        let old = tokens.verify_refresh(&issued.refresh_token).expect("refresh");
+        let old = tokens
+            .verify_refresh(&issued.refresh_token)
+            .expect("refresh");
 
         let kept = tokens.refresh(&old, None).expect("refresh");
         let kept = tokens.verify_session(&kept.token).expect("session");

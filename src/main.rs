@@ -19,7 +19,9 @@ fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
     for key in config.default_keys_in_use() {
-        tracing::warn!("{key} is Nakama's published default; set your own before going to production");
+        tracing::warn!(
+            "{key} is Nakama's published default; set your own before going to production"
+        );
     }
     let server = match Server::start(config) {
         Ok(server) => server,
@@ -47,7 +49,9 @@ fn main() -> std::process::ExitCode {
 
 /// Blocks until SIGTERM or SIGINT.
 fn wait_for_signal() -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

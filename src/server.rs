@@ -30,11 +30,20 @@ impl Server {
     /// Starts a server with `config`. Returns once every shard is accepting.
     pub fn start(config: Config) -> anyhow::Result<Server> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let (accounts, known) = AccountStore::open(&config.data_dir)
-            .with_context(|| format!("cannot open the account store in {}", config.data_dir.display()))?;
+        let (accounts, known) = AccountStore::open(&config.data_dir).with_context(|| {
+            format!(
+                "cannot open the account store in {}",
+                config.data_dir.display()
+            )
+        })?;
         let directory: Vec<_> = known
             .into_iter()
-            .map(|u| (u.user_id, (!u.username.is_empty()).then(|| Arc::from(u.username.as_str()))))
+            .map(|u| {
+                (
+                    u.user_id,
+                    (!u.username.is_empty()).then(|| Arc::from(u.username.as_str())),
+                )
+            })
             .collect();
 
         let engine_config = EngineConfig::from_config(&config);
@@ -59,7 +68,9 @@ impl Server {
             accounts: accounts.clone(),
             websockets: AtomicUsize::new(0),
         });
-        let listeners = Arc::new(Mutex::new(listeners.into_iter().map(Some).collect::<Vec<_>>()));
+        let listeners = Arc::new(Mutex::new(
+            listeners.into_iter().map(Some).collect::<Vec<_>>(),
+        ));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let ready_tx = Mutex::new(ready_tx);
         let on_start = Arc::new(move |ctx: &Rc<ShardContext>| {
@@ -68,7 +79,11 @@ impl Server {
                 .ok()
                 .and_then(|mut all| all.get_mut(ctx.index).and_then(Option::take));
             if let Some(listener) = listener {
-                tokio::task::spawn_local(listener::accept_loop(ctx.clone(), state.clone(), listener));
+                tokio::task::spawn_local(listener::accept_loop(
+                    ctx.clone(),
+                    state.clone(),
+                    listener,
+                ));
             }
             if let Ok(ready) = ready_tx.lock() {
                 let _ = ready.send(());
@@ -78,7 +93,11 @@ impl Server {
         for _ in 0..engine.handle().router().shards() {
             ready_rx.recv().context("a shard failed to start")?;
         }
-        Ok(Server { engine, accounts, local_addr })
+        Ok(Server {
+            engine,
+            accounts,
+            local_addr,
+        })
     }
 
     /// The address the listeners are bound to (the real port when 0 was asked).
@@ -106,5 +125,8 @@ impl Server {
 /// The open-file soft limit minus a reserve for listeners, the store and HTTP requests.
 fn default_max_connections() -> usize {
     let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _hard)| soft);
-    usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(100).max(1)
+    usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(100)
+        .max(1)
 }

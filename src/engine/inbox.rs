@@ -61,7 +61,10 @@ pub enum ShardMsg {
         names: Vec<String>,
     },
     /// The answer to [`ShardMsg::ResolveNames`] (unknown names are left out).
-    NamesResolved { session: SessionKey, users: Vec<UserId> },
+    NamesResolved {
+        session: SessionKey,
+        users: Vec<UserId>,
+    },
     /// Records a user account in the directory: its id, if `owns_id`, and its
     /// username, if `owns_name` (the two may live on different shards).
     RegisterUser {

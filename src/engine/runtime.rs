@@ -133,8 +133,16 @@ impl Engine {
     }
 }
 
-fn run_shard(index: usize, engine: EngineHandle, directory: &[(UserId, Option<Arc<str>>)], on_start: ShardStart) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+fn run_shard(
+    index: usize,
+    engine: EngineHandle,
+    directory: &[(UserId, Option<Arc<str>>)],
+    on_start: ShardStart,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(shard = index, %error, "cannot build the shard runtime");
@@ -174,7 +182,9 @@ fn run_shard(index: usize, engine: EngineHandle, directory: &[(UserId, Option<Ar
 /// connection tasks every few hundred messages so writers keep draining
 /// while a burst of events is being fanned out.
 async fn drain_inbox(ctx: Rc<ShardContext>) {
-    let Some(inbox) = ctx.engine.inbox(ctx.index) else { return };
+    let Some(inbox) = ctx.engine.inbox(ctx.index) else {
+        return;
+    };
     let mut stop_deadline: Option<Instant> = None;
     loop {
         let mut handled = 0u32;

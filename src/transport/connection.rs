@@ -53,7 +53,9 @@ thread_local! {
 enum Phase {
     Open,
     /// We sent (or are sending) a close frame and wait for the client's.
-    Closing { deadline: Pin<Box<Sleep>> },
+    Closing {
+        deadline: Pin<Box<Sleep>>,
+    },
     /// The client closed first; our answer is being flushed, then we end.
     Answering,
 }
@@ -77,7 +79,14 @@ pub struct Connection<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A task for the session `key`, already registered on `ctx`'s shard.
     /// `early` holds bytes the client sent right after the handshake.
-    pub fn new(io: S, ctx: Rc<ShardContext>, key: SessionKey, outbox: Arc<Outbox>, max_message: usize, early: &[u8]) -> Self {
+    pub fn new(
+        io: S,
+        ctx: Rc<ShardContext>,
+        key: SessionKey,
+        outbox: Arc<Outbox>,
+        max_message: usize,
+        early: &[u8],
+    ) -> Self {
         let mut reader = FrameReader::new(max_message);
         reader.partial.extend_from_slice(early);
         Connection {
@@ -112,19 +121,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.writes.discard(&self.outbox);
         }
         self.writes.close_after(Frame::close(code, reason));
-        self.phase = Phase::Closing { deadline: Box::pin(tokio::time::sleep(CLOSE_WAIT)) };
+        self.phase = Phase::Closing {
+            deadline: Box::pin(tokio::time::sleep(CLOSE_WAIT)),
+        };
     }
 
     /// Closes for the reason the engine gave.
     fn close_for(&mut self, cause: CloseCause) {
         match cause {
-            CloseCause::SlowConsumer => {
-                self.begin_close(1000, close_reason::OUTGOING_QUEUE_FULL, CloseKind::SlowConsumer)
-            }
+            CloseCause::SlowConsumer => self.begin_close(
+                1000,
+                close_reason::OUTGOING_QUEUE_FULL,
+                CloseKind::SlowConsumer,
+            ),
             CloseCause::Timeout => self.begin_close(1000, "ping timeout", CloseKind::Timeout),
             CloseCause::Shutdown => self.begin_close(1001, "going away", CloseKind::Shutdown),
             CloseCause::Kicked(reason) => {
-                let reason = if reason.is_empty() { close_reason::SERVER_SIDE_DISCONNECT } else { reason.as_str() };
+                let reason = if reason.is_empty() {
+                    close_reason::SERVER_SIDE_DISCONNECT
+                } else {
+                    reason.as_str()
+                };
                 self.begin_close(1000, &reason.to_owned(), CloseKind::Kicked)
             }
         }
@@ -148,7 +165,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     buf.copy_within(consumed..filled, 0);
                 }
                 filled -= consumed;
-                if !matches!(self.phase, Phase::Open) || self.outbox.request_pending() || self.outbox.is_closing() {
+                if !matches!(self.phase, Phase::Open)
+                    || self.outbox.request_pending()
+                    || self.outbox.is_closing()
+                {
                     self.reader.partial.extend_from_slice(&buf[..filled]);
                     return Poll::Ready(Ok(()));
                 }
@@ -159,13 +179,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         return Poll::Pending;
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-                    Poll::Ready(Ok(())) if read_buf.filled().is_empty() => return Poll::Ready(Err(())),
+                    Poll::Ready(Ok(())) if read_buf.filled().is_empty() => {
+                        return Poll::Ready(Err(()))
+                    }
                     Poll::Ready(Ok(())) => filled += read_buf.filled().len(),
                 }
             }
             // Read budget spent: process what we have, then let others run.
             let consumed = self.handle_frames(&mut buf[..filled]);
-            self.reader.partial.extend_from_slice(&buf[consumed..filled]);
+            self.reader
+                .partial
+                .extend_from_slice(&buf[consumed..filled]);
             cx.waker().wake_by_ref();
             Poll::Pending
         })
@@ -174,7 +198,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Handles the complete frames in `buf`; returns how many bytes they took.
     fn handle_frames(&mut self, buf: &mut [u8]) -> usize {
         let mut pos = 0;
-        while matches!(self.phase, Phase::Open) && !self.outbox.request_pending() && !self.outbox.is_closing() {
+        while matches!(self.phase, Phase::Open)
+            && !self.outbox.request_pending()
+            && !self.outbox.is_closing()
+        {
             let event = match self.reader.next(buf, &mut pos) {
                 Ok(Some(event)) => event,
                 Ok(None) => break,
@@ -186,7 +213,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             match event {
                 WsEvent::Message { opcode, payload } => {
                     if opcode != self.format.opcode() {
-                        self.begin_close(1000, close_reason::UNEXPECTED_MESSAGE_TYPE, CloseKind::Malformed);
+                        self.begin_close(
+                            1000,
+                            close_reason::UNEXPECTED_MESSAGE_TYPE,
+                            CloseKind::Malformed,
+                        );
                         break;
                     }
                     self.messages = self.messages.wrapping_add(1);
@@ -196,13 +227,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     let request = match self.format.decode(payload) {
                         Ok(request) => request,
                         Err(_) => {
-                            self.begin_close(1000, close_reason::MALFORMED_PAYLOAD, CloseKind::Malformed);
+                            self.begin_close(
+                                1000,
+                                close_reason::MALFORMED_PAYLOAD,
+                                CloseKind::Malformed,
+                            );
                             break;
                         }
                     };
                     let outcome = self.ctx.shard.borrow_mut().dispatch(self.key, request);
                     if outcome == Outcome::Close {
-                        self.begin_close(1000, close_reason::ERROR_PROCESSING, CloseKind::Malformed);
+                        self.begin_close(
+                            1000,
+                            close_reason::ERROR_PROCESSING,
+                            CloseKind::Malformed,
+                        );
                     }
                 }
                 WsEvent::Ping(payload) => {
@@ -265,7 +304,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
                         this.close_for(cause);
                         continue;
                     }
-                    if this.writes.poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats).is_ready_err() {
+                    if this
+                        .writes
+                        .poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats)
+                        .is_ready_err()
+                    {
                         this.unregister(CloseKind::Client);
                         return Poll::Ready(());
                     }
@@ -280,7 +323,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
                         Poll::Ready(Ok(())) => continue,
                         Poll::Pending => {
                             // Replies queued by the frames just handled are written now.
-                            if this.writes.poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats).is_ready_err() {
+                            if this
+                                .writes
+                                .poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats)
+                                .is_ready_err()
+                            {
                                 this.unregister(CloseKind::Client);
                                 return Poll::Ready(());
                             }
@@ -289,7 +336,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
                     }
                 }
                 Phase::Answering => {
-                    return match this.writes.poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats) {
+                    return match this.writes.poll_flush(
+                        cx,
+                        &mut this.io,
+                        &this.outbox,
+                        &this.ctx.stats,
+                    ) {
                         Poll::Pending => Poll::Pending,
                         Poll::Ready(_) => Poll::Ready(()),
                     };
@@ -298,7 +350,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
                     if deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(());
                     }
-                    match this.writes.poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats) {
+                    match this
+                        .writes
+                        .poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats)
+                    {
                         Poll::Ready(Err(_)) => return Poll::Ready(()),
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(())) => {}

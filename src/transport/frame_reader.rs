@@ -23,7 +23,10 @@ use fastwebsockets::{CloseCode, OpCode};
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsEvent<'a> {
     /// A complete data message (fragments reassembled), unmasked.
-    Message { opcode: OpCode, payload: &'a mut [u8] },
+    Message {
+        opcode: OpCode,
+        payload: &'a mut [u8],
+    },
     /// A ping; answer with a pong carrying the same payload.
     Ping(&'a [u8]),
     /// A pong (solicited or not): proof of liveness.
@@ -44,9 +47,15 @@ const fn protocol_error(reason: &'static str) -> Violation {
 }
 
 /// A message longer than the limit.
-pub const TOO_BIG: Violation = Violation { code: 1009, reason: "" };
+pub const TOO_BIG: Violation = Violation {
+    code: 1009,
+    reason: "",
+};
 /// A text message or close reason that is not UTF-8.
-pub const NOT_UTF8: Violation = Violation { code: 1007, reason: "invalid UTF-8" };
+pub const NOT_UTF8: Violation = Violation {
+    code: 1007,
+    reason: "invalid UTF-8",
+};
 
 /// A fragmented data message being reassembled.
 struct Fragments {
@@ -66,7 +75,12 @@ pub struct FrameReader {
 
 impl FrameReader {
     pub fn new(max_message: usize) -> FrameReader {
-        FrameReader { max_message, partial: Vec::new(), fragments: None, completed: None }
+        FrameReader {
+            max_message,
+            partial: Vec::new(),
+            fragments: None,
+            completed: None,
+        }
     }
 
     /// The largest frame this reader accepts, header included: what a read
@@ -77,12 +91,18 @@ impl FrameReader {
 
     /// Parses the next event from `buf[*pos..]`, advancing `*pos` past it.
     /// `Ok(None)` means the rest of the buffer is an incomplete frame.
-    pub fn next<'a>(&'a mut self, buf: &'a mut [u8], pos: &mut usize) -> Result<Option<WsEvent<'a>>, Violation> {
+    pub fn next<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+        pos: &mut usize,
+    ) -> Result<Option<WsEvent<'a>>, Violation> {
         self.completed = None;
         // Frames that only add to a fragmented message are absorbed here;
         // the loop ends at the first frame that yields an event.
         let (header, start) = loop {
-            let Some(header) = parse_header(&buf[*pos..])? else { return Ok(None) };
+            let Some(header) = parse_header(&buf[*pos..])? else {
+                return Ok(None);
+            };
             let control = matches!(header.opcode, OpCode::Close | OpCode::Ping | OpCode::Pong);
             if control {
                 if !header.fin {
@@ -117,7 +137,10 @@ impl FrameReader {
                         return Err(protocol_error("new message inside a fragmented message"));
                     }
                     if !header.fin {
-                        self.fragments = Some(Fragments { opcode: header.opcode, data: payload.to_vec() });
+                        self.fragments = Some(Fragments {
+                            opcode: header.opcode,
+                            data: payload.to_vec(),
+                        });
                     }
                 }
                 _ => {}
@@ -135,7 +158,9 @@ impl FrameReader {
             OpCode::Continuation => {
                 // The assembled message is handed out from `completed`, which
                 // lives until the next call.
-                let Some(done) = self.fragments.take() else { return Ok(None) };
+                let Some(done) = self.fragments.take() else {
+                    return Ok(None);
+                };
                 let completed = self.completed.insert(done);
                 data_message(completed.opcode, &mut completed.data).map(Some)
             }
@@ -180,7 +205,9 @@ struct Header {
 
 /// Parses a frame header; `Ok(None)` if `bytes` does not hold all of it yet.
 fn parse_header(bytes: &[u8]) -> Result<Option<Header>, Violation> {
-    let [b0, b1, ..] = *bytes else { return Ok(None) };
+    let [b0, b1, ..] = *bytes else {
+        return Ok(None);
+    };
     if b0 & 0x70 != 0 {
         return Err(protocol_error("reserved bits set"));
     }
@@ -213,8 +240,17 @@ fn parse_header(bytes: &[u8]) -> Result<Option<Header>, Violation> {
         },
         short => (u64::from(short), 0),
     };
-    let Some(mask) = bytes.get(2 + ext..6 + ext).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+    let Some(mask) = bytes
+        .get(2 + ext..6 + ext)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+    else {
         return Ok(None);
     };
-    Ok(Some(Header { fin: b0 & 0x80 != 0, opcode, mask, len, size: 6 + ext }))
+    Ok(Some(Header {
+        fin: b0 & 0x80 != 0,
+        opcode,
+        mask,
+        len,
+        size: 6 + ext,
+    }))
 }

@@ -28,7 +28,11 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
     let mut listeners = Vec::with_capacity(count);
     let mut bound = addr;
     for _ in 0..count.max(1) {
-        let socket = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(
+            Domain::for_address(bound),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
@@ -43,7 +47,11 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
 
 /// Accepts connections on this shard until shutdown reaches it, serving each
 /// as HTTP on this shard's thread.
-pub async fn accept_loop(ctx: Rc<ShardContext>, state: Arc<ServerState>, listener: std::net::TcpListener) {
+pub async fn accept_loop(
+    ctx: Rc<ShardContext>,
+    state: Arc<ServerState>,
+    listener: std::net::TcpListener,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {

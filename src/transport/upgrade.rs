@@ -39,7 +39,11 @@ struct Handshake {
 }
 
 /// Handles `GET /ws` (see the module doc).
-pub async fn websocket(ctx: &Rc<ShardContext>, state: &Arc<ServerState>, mut request: Request<Incoming>) -> Response<Body> {
+pub async fn websocket(
+    ctx: &Rc<ShardContext>,
+    state: &Arc<ServerState>,
+    mut request: Request<Incoming>,
+) -> Response<Body> {
     let query = Query::parse(request.uri().query().unwrap_or(""));
     let Some(format) = Format::from_query(query.format.as_deref().unwrap_or("")) else {
         return plain(StatusCode::BAD_REQUEST, INVALID_FORMAT);
@@ -73,12 +77,22 @@ pub async fn websocket(ctx: &Rc<ShardContext>, state: &Arc<ServerState>, mut req
             return plain(StatusCode::BAD_REQUEST, "Bad Request");
         }
     };
-    let handshake = Handshake { claims, format, appear_online };
+    let handshake = Handshake {
+        claims,
+        format,
+        appear_online,
+    };
     let (ctx, state) = (ctx.clone(), state.clone());
     tokio::task::spawn_local(async move {
         let slot = WebsocketSlot(state.clone());
         match upgrading.await {
-            Ok(websocket) => hand_off(&ctx, state, websocket.into_inner().into_inner(), handshake, slot),
+            Ok(websocket) => hand_off(
+                &ctx,
+                state,
+                websocket.into_inner().into_inner(),
+                handshake,
+                slot,
+            ),
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
     });
@@ -96,7 +110,13 @@ impl Drop for WebsocketSlot {
 }
 
 /// Moves the upgraded socket to the user's home shard and starts the session there.
-fn hand_off(ctx: &Rc<ShardContext>, state: Arc<ServerState>, upgraded: hyper::upgrade::Upgraded, handshake: Handshake, slot: WebsocketSlot) {
+fn hand_off(
+    ctx: &Rc<ShardContext>,
+    state: Arc<ServerState>,
+    upgraded: hyper::upgrade::Upgraded,
+    handshake: Handshake,
+    slot: WebsocketSlot,
+) {
     let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => parts,
         Err(_) => {
@@ -118,15 +138,27 @@ fn hand_off(ctx: &Rc<ShardContext>, state: Arc<ServerState>, upgraded: hyper::up
             return;
         }
     };
-    ctx.engine.run_on(home, move |ctx| match TcpStream::from_std(stream) {
-        Ok(stream) => start_session(ctx, state, stream, early, handshake, slot),
-        Err(error) => tracing::warn!(%error, "cannot adopt a socket on its home shard"),
-    });
+    ctx.engine
+        .run_on(home, move |ctx| match TcpStream::from_std(stream) {
+            Ok(stream) => start_session(ctx, state, stream, early, handshake, slot),
+            Err(error) => tracing::warn!(%error, "cannot adopt a socket on its home shard"),
+        });
 }
 
 /// On the home shard: registers the session and spawns its task.
-fn start_session(ctx: &Rc<ShardContext>, state: Arc<ServerState>, stream: TcpStream, early: Bytes, handshake: Handshake, slot: WebsocketSlot) {
-    let Handshake { claims, format, appear_online } = handshake;
+fn start_session(
+    ctx: &Rc<ShardContext>,
+    state: Arc<ServerState>,
+    stream: TcpStream,
+    early: Bytes,
+    handshake: Handshake,
+    slot: WebsocketSlot,
+) {
+    let Handshake {
+        claims,
+        format,
+        appear_online,
+    } = handshake;
     let limit = usize::try_from(state.config.outgoing_queue_bytes).unwrap_or(usize::MAX);
     let outbox = Arc::new(Outbox::new(format, limit, ctx.engine.now()));
     let spec = SessionSpec {

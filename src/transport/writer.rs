@@ -127,7 +127,9 @@ impl WriteQueue {
         io: &mut S,
         stats: &ShardStats,
     ) -> Poll<io::Result<()>> {
-        let Some((frame, offset)) = self.close.as_mut() else { return Poll::Ready(Ok(())) };
+        let Some((frame, offset)) = self.close.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         while *offset < frame.len() {
             match Pin::new(&mut *io).poll_write(cx, &frame.as_bytes()[*offset..]) {
                 Poll::Pending => return Poll::Pending,

@@ -18,11 +18,22 @@ use crate::protocol::errors::{self, MAX_STATUS_BYTES};
 use crate::protocol::{Reply, ReplyBody};
 
 impl Shard {
-    pub(super) fn status_update(&mut self, key: SessionKey, cid: &str, status: Option<String>) -> Outcome {
+    pub(super) fn status_update(
+        &mut self,
+        key: SessionKey,
+        cid: &str,
+        status: Option<String>,
+    ) -> Outcome {
         if status.as_ref().is_some_and(|s| s.len() > MAX_STATUS_BYTES) {
             return self.fail(key, cid, errors::STATUS_TOO_LONG);
         }
-        self.reply(key, &Reply { cid, body: ReplyBody::Ack });
+        self.reply(
+            key,
+            &Reply {
+                cid,
+                body: ReplyBody::Ack,
+            },
+        );
         self.set_status(key, status.map(Arc::from));
         Outcome::Done
     }

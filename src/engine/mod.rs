@@ -90,6 +90,8 @@ pub mod runtime;
 pub mod shard;
 pub mod stats;
 pub mod status_query;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -17,7 +17,8 @@ pub mod protobuf;
 
 pub use frame::Frame;
 pub use message::{
-    ErrorCode, Malformed, Presence, Reply, ReplyBody, Request, RequestBody, StatusPresenceEvent,
+    ErrorCode, Malformed, Presence, Reply, ReplyBody, Request, RequestBody, ServerBody,
+    ServerMessage, StatusPresenceEvent,
 };
 
 /// A session's wire format, fixed at connect time by the `format` query parameter.

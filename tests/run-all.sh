@@ -8,9 +8,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 target=${CARGO_TARGET_DIR:-$root/target}
 
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq nodejs npm
-fi
+echo "==> test dependencies"
+bash tests/install-deps.sh
 
 echo "==> building herald (release)"
 cargo build --release --bin herald
@@ -20,5 +19,4 @@ cargo test --release --workspace
 
 echo "==> nakama-js suites (JSON, protobuf, mixed)"
 cd "$root/tests/nakama-js"
-npm ci --no-audit --no-fund --loglevel=error
 HERALD_BIN="$target/release/herald" npm test

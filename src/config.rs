@@ -9,16 +9,26 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// `herald --version`: the crate version and the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HERALD_GIT_COMMIT"),
+    ")"
+);
+
 /// Nakama's default server key; a warning is logged while it is in use.
 pub const DEFAULT_SERVER_KEY: &str = "defaultkey";
 /// Nakama's default session token key.
 pub const DEFAULT_ENCRYPTION_KEY: &str = "defaultencryptionkey";
+/// Nakama's default runtime `http_key`, used by the backend API.
+pub const DEFAULT_HTTP_KEY: &str = "defaulthttpkey";
 /// Nakama's default refresh token key.
 pub const DEFAULT_REFRESH_ENCRYPTION_KEY: &str = "defaultrefreshencryptionkey";
 
 /// Herald: a Nakama-compatible realtime status server.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "herald", version, about, long_about = None)]
+#[command(name = "herald", version = VERSION, about, long_about = None)]
 pub struct Config {
     /// Address of the one HTTP listener: REST, `GET /ws` and `GET /`.
     #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:7350")]
@@ -67,7 +77,7 @@ pub struct Config {
 
     /// Keep follows of well-formed user ids that Herald has never seen, for
     /// deployments whose accounts live elsewhere (Nakama skips them).
-    #[arg(long, env = "HERALD_FOLLOW_UNKNOWN_IDS", default_value_t = false)]
+    #[arg(long, env = "HERALD_FOLLOW_UNKNOWN_IDS", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
     pub follow_unknown_ids: bool,
 
     /// Interval between websocket pings sent to each client, in seconds.
@@ -78,9 +88,52 @@ pub struct Config {
     #[arg(long, env = "HERALD_PONG_WAIT_SEC", default_value_t = 25, value_parser = clap::value_parser!(u64).range(2..))]
     pub pong_wait_sec: u64,
 
+    /// Most websocket sessions at once; past it the upgrade is refused with 503.
+    /// Default: the open-file soft limit minus a reserve of 100.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// On SIGTERM/SIGINT, how long sessions get to close before the process exits.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_SEC", default_value_t = 3)]
+    pub shutdown_grace_sec: u64,
+
+    /// Opt-in rate limit: `status_update`s per session per second (0 = off).
+    /// Past it the request gets error 3 and the session stays open.
+    #[arg(long, env = "HERALD_STATUS_UPDATE_RATE", default_value_t = 0)]
+    pub status_update_rate: u32,
+
+    /// Opt-in rate limit: user ids followed per session per second (0 = off).
+    /// Past it the request gets error 3 and the session stays open.
+    #[arg(long, env = "HERALD_FOLLOW_RATE", default_value_t = 0)]
+    pub follow_rate: u32,
+
+    /// A new socket closes the user's older sockets, as Nakama's `session.single_socket`.
+    #[arg(long, env = "HERALD_SINGLE_SOCKET", num_args = 0..=1, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set)]
+    pub single_socket: bool,
+
+    /// Admin listener (metrics, health, backend API), or `off`.
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", default_value = "127.0.0.1:7351")]
+    pub admin_listen: String,
+
+    /// Key of the backend API (`?http_key=` or `Authorization: Bearer`), as Nakama's runtime `http_key`.
+    #[arg(long, env = "HERALD_HTTP_KEY", default_value = DEFAULT_HTTP_KEY, hide_default_value = true)]
+    pub http_key: String,
+
+    /// PEM certificate chain: serve HTTPS and `wss://` on the main listener (with `--tls-key`).
+    #[arg(long, env = "HERALD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `--tls-cert`.
+    #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive). `RUST_LOG` overrides it.
     #[arg(long, env = "HERALD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 impl Config {
@@ -128,6 +181,9 @@ impl Config {
         }
         if self.refresh_encryption_key == DEFAULT_REFRESH_ENCRYPTION_KEY {
             keys.push("--refresh-encryption-key");
+        }
+        if self.http_key == DEFAULT_HTTP_KEY && self.admin_listen != "off" {
+            keys.push("--http-key");
         }
         keys
     }

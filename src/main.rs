@@ -16,8 +16,32 @@ fn main() -> std::process::ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if config.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
 
+    tracing::info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        shards = config.shard_count(),
+        max_message_bytes = config.max_message_bytes,
+        outgoing_queue_bytes = config.outgoing_queue_bytes,
+        max_follows = config.max_follows,
+        follow_unknown_ids = config.follow_unknown_ids,
+        token_expiry_sec = config.token_expiry_sec,
+        refresh_token_expiry_sec = config.refresh_token_expiry_sec,
+        single_socket = config.single_socket,
+        status_update_rate = config.status_update_rate,
+        follow_rate = config.follow_rate,
+        admin_listen = %config.admin_listen,
+        tls = config.tls_cert.is_some(),
+        "configuration (keys redacted)"
+    );
     for key in config.default_keys_in_use() {
         tracing::warn!(
             "{key} is Nakama's published default; set your own before going to production"
@@ -30,7 +54,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    tracing::info!(listen = %server.local_addr(), "herald is serving");
+    tracing::info!(listen = %server.local_addr(), version = herald::config::VERSION, "herald is serving");
 
     if let Err(error) = wait_for_signal() {
         tracing::error!(%error, "cannot wait for signals; shutting down");

@@ -62,7 +62,9 @@ impl Server {
             config.refresh_token_expiry_sec,
         ));
         let state = Arc::new(ServerState {
-            max_connections: default_max_connections(),
+            max_connections: config
+                .max_connections
+                .unwrap_or_else(default_max_connections),
             config,
             tokens,
             accounts: accounts.clone(),

@@ -123,6 +123,14 @@ pub struct EngineConfig {
     pub pong_wait_sec: u32,
     /// Pin shard threads to cores.
     pub pin_threads: bool,
+    /// `status_update`s allowed per session per second; 0 = unlimited.
+    pub status_update_rate: u32,
+    /// User ids a session may follow per second; 0 = unlimited.
+    pub follow_rate: u32,
+    /// A new session closes the user's older sessions (`--single-socket`).
+    pub single_socket: bool,
+    /// How long shards keep running after shutdown begins, at most.
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -136,6 +144,10 @@ impl Default for EngineConfig {
             ping_period_sec: 15,
             pong_wait_sec: 25,
             pin_threads: true,
+            status_update_rate: 0,
+            follow_rate: 0,
+            single_socket: false,
+            shutdown_grace: std::time::Duration::from_secs(3),
         }
     }
 }
@@ -151,6 +163,10 @@ impl EngineConfig {
             ping_period_sec: u32::try_from(config.ping_period_sec).unwrap_or(u32::MAX),
             pong_wait_sec: u32::try_from(config.pong_wait_sec).unwrap_or(u32::MAX),
             pin_threads: true,
+            status_update_rate: config.status_update_rate,
+            follow_rate: config.follow_rate,
+            single_socket: config.single_socket,
+            shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_sec),
         }
     }
 }

@@ -33,7 +33,8 @@ use super::stats::ShardStats;
 use super::status_query::UserStatus;
 use super::EngineHandle;
 use crate::ids::{SessionId, UserId};
-use crate::protocol::{Frame, Presence, Reply, StatusPresenceEvent};
+use crate::protocol::errors::close_reason;
+use crate::protocol::{Frame, Notification, Presence, Reply, ReplyBody, StatusPresenceEvent};
 
 /// Names a session on its home shard. The generation makes a key of a closed
 /// session useless once its slot is reused, so late messages for it are
@@ -81,6 +82,50 @@ pub(super) struct SessionEntry {
     pub pending: Option<Box<PendingFollow>>,
     /// Engine time of the last websocket ping queued to this session.
     pub last_ping: u32,
+    /// Requests counted against the opt-in rate limits in the current second.
+    pub rate: RateWindow,
+}
+
+/// A one-second window of rate-limited requests (`--status-update-rate`,
+/// `--follow-rate`).
+#[derive(Default)]
+pub(super) struct RateWindow {
+    second: u32,
+    updates: u32,
+    follows: u32,
+}
+
+impl RateWindow {
+    fn roll(&mut self, now: u32) {
+        if self.second != now {
+            *self = RateWindow {
+                second: now,
+                updates: 0,
+                follows: 0,
+            };
+        }
+    }
+
+    /// Counts one status update; false if `limit` (per second, 0 = none) is reached.
+    pub fn allow_update(&mut self, now: u32, limit: u32) -> bool {
+        self.roll(now);
+        if limit != 0 && self.updates >= limit {
+            return false;
+        }
+        self.updates += 1;
+        true
+    }
+
+    /// Counts `ids` followed ids; false if they would pass `limit` (per second, 0 = none).
+    pub fn allow_follows(&mut self, now: u32, ids: usize, limit: u32) -> bool {
+        self.roll(now);
+        let ids = u32::try_from(ids).unwrap_or(u32::MAX);
+        if limit != 0 && self.follows.saturating_add(ids) > limit {
+            return false;
+        }
+        self.follows = self.follows.saturating_add(ids);
+        true
+    }
 }
 
 /// A slot of the session table. Kept small: the fan-out loop reads only this.
@@ -94,7 +139,9 @@ struct Slot {
 struct UserEntry {
     /// The user exists (has an account, or was seen in a valid token).
     known: bool,
-    /// Local slots of this user's sessions that have a status.
+    /// Slots of this user's sessions (all of them live on this shard).
+    sessions: SmallVec<[u32; 1]>,
+    /// Slots of this user's sessions that have a status.
     online: SmallVec<[u32; 2]>,
     /// Other shards with follow edges to this user, and how many each.
     interest: SmallVec<[(u16, u32); 2]>,
@@ -102,7 +149,10 @@ struct UserEntry {
 
 impl UserEntry {
     fn is_idle(&self) -> bool {
-        !self.known && self.online.is_empty() && self.interest.is_empty()
+        !self.known
+            && self.sessions.is_empty()
+            && self.online.is_empty()
+            && self.interest.is_empty()
     }
 }
 
@@ -179,6 +229,7 @@ impl Shard {
             follows: HandleSet::default(),
             pending: None,
             last_ping: self.engine.now(),
+            rate: RateWindow::default(),
         });
         ShardStats::gauge(&self.stats.sessions, 1);
         let key = SessionKey { slot, generation };
@@ -186,6 +237,15 @@ impl Shard {
         let user = self.users.entry(spec.user).or_default();
         let first_seen = !user.known;
         user.known = true;
+        let replaced: SmallVec<[u32; 1]> = if self.engine.config().single_socket {
+            std::mem::take(&mut user.sessions)
+        } else {
+            SmallVec::new()
+        };
+        user.sessions.push(slot);
+        for old in replaced {
+            self.replace_session(old);
+        }
         self.followers.add(spec.user, slot);
         if spec.appear_online {
             self.set_status(key, Some(Arc::from("")));
@@ -227,6 +287,26 @@ impl Shard {
         self.forget_if_idle(entry.user);
     }
 
+    /// `--single-socket`: tells an older session of a user that a newer one
+    /// replaced it (Nakama's notification), then closes it.
+    fn replace_session(&mut self, slot: u32) {
+        if let Some(outbox) = self
+            .slots
+            .get(slot as usize)
+            .and_then(|s| s.outbox.as_ref())
+        {
+            let notice = Notification::single_socket(unix_now());
+            let reply = Reply {
+                cid: "",
+                body: ReplyBody::Notification(&notice),
+            };
+            self.push(outbox, Frame::reply(outbox.format(), &reply));
+            outbox.close(CloseCause::Kicked(
+                close_reason::SERVER_SIDE_DISCONNECT.to_owned(),
+            ));
+        }
+    }
+
     fn take_entry(&mut self, key: SessionKey) -> Option<SessionEntry> {
         let slot = self.slots.get_mut(key.slot as usize)?;
         if slot.generation != key.generation || slot.outbox.is_none() {
@@ -236,6 +316,9 @@ impl Shard {
         slot.generation = slot.generation.wrapping_add(1);
         let entry = self.entries[key.slot as usize].take()?;
         self.free.push(key.slot);
+        if let Some(user) = self.users.get_mut(&entry.user) {
+            user.sessions.retain(|s| *s != key.slot);
+        }
         ShardStats::gauge(&self.stats.sessions, -1);
         Some(entry)
     }
@@ -655,4 +738,11 @@ impl Shard {
     pub(super) fn follower_count(&self, user: UserId) -> usize {
         self.followers.followers_of(user).map_or(0, |s| s.len())
     }
+}
+
+/// Wall-clock unix seconds (for notification timestamps).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

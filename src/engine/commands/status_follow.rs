@@ -7,7 +7,9 @@
 //! duplicates collapse, and unknown users and the nil id are ignored (kept
 //! with `--follow-unknown-ids`). Herald's cap: a session may follow at most
 //! `--max-follows` users (`Too many follows`), counted over the well-formed
-//! ids of the request before unknown ones are dropped.
+//! ids of the request before unknown ones are dropped. With the opt-in
+//! `--follow-rate`, the ids and usernames asked for count against a per-second
+//! budget (`Follow rate limit exceeded`, session stays open).
 //!
 //! Protocol between shards. Phase 1 (only with usernames): each name goes to
 //! the shard that owns it and comes back as an id. Phase 2: the ids are
@@ -42,6 +44,14 @@ impl Shard {
         }
         if usernames.iter().any(String::is_empty) {
             return self.fail(key, &cid, errors::INVALID_USERNAME);
+        }
+        let (now, limit) = (self.engine.now(), self.engine.config().follow_rate);
+        let asked = users.len() + usernames.len();
+        if self
+            .entry_mut(key)
+            .is_some_and(|e| !e.rate.allow_follows(now, asked, limit))
+        {
+            return self.fail(key, &cid, errors::FOLLOW_RATE_LIMITED);
         }
         let Some(entry) = self.entry_mut(key) else {
             return Outcome::Done;

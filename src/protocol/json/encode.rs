@@ -52,6 +52,26 @@ pub fn encode_reply(reply: &Reply<'_>, out: &mut Vec<u8>) {
             }
             object.out.push(b'}');
         }
+        ReplyBody::Notification(notification) => {
+            // {"notifications":{"notifications":[{id, subject, content, code, create_time}]}}
+            object.key(b"notifications");
+            object.out.extend_from_slice(b"{\"notifications\":[{");
+            let mut fields = Object::new(object.out);
+            fields.key(b"id");
+            push_string(&notification.id, fields.out);
+            fields.key(b"subject");
+            push_string(notification.subject, fields.out);
+            fields.key(b"content");
+            push_string(notification.content, fields.out);
+            fields.key(b"code");
+            push_i32(notification.code, fields.out);
+            fields.key(b"create_time");
+            push_string(
+                &super::super::time::rfc3339(notification.create_time),
+                fields.out,
+            );
+            object.out.extend_from_slice(b"}]}");
+        }
     }
     out.push(b'}');
 }

@@ -401,12 +401,15 @@ impl Shard {
     /// it (first, so they work in parallel), then delivers it locally.
     fn publish(&mut self, user: UserId, event: StatusPresenceEvent) {
         ShardStats::add(&self.stats.status_changes, 1);
-        let change = Arc::new(StatusChange::new(user, event));
-        if let Some(entry) = self.users.get(&user) {
-            for &(shard, _) in &entry.interest {
-                self.engine
-                    .send(shard as usize, ShardMsg::Deliver(change.clone()));
-            }
+        let interest = self
+            .users
+            .get(&user)
+            .map(|e| e.interest.as_slice())
+            .unwrap_or_default();
+        let change = Arc::new(StatusChange::new(user, event, 1 + interest.len()));
+        for &(shard, _) in interest {
+            self.engine
+                .send(shard as usize, ShardMsg::Deliver(change.clone()));
         }
         self.deliver(&change);
     }
@@ -446,6 +449,9 @@ impl Shard {
             }
         });
         ShardStats::add(&self.stats.deliveries, delivered);
+        if let Some(elapsed) = change.delivered() {
+            self.stats.fanout.record(elapsed);
+        }
     }
 
     // ---- follow graph -----------------------------------------------------

@@ -322,6 +322,30 @@ test('malformed input closes with 1000 "received malformed payload" and no error
   }
 });
 
+test('a text message that is not UTF-8 is a malformed payload (close 1000), not a 1007', async (ctx) => {
+  const session = await ctx.user('utf');
+  const token = encodeURIComponent(session.token);
+  for (const bytes of [
+    Buffer.concat([Buffer.from('{"cid":"1","status_update":{"status":"'), Buffer.from([0xff]), Buffer.from('"}}')]),
+    Buffer.from([0xc3, 0x28]),
+  ]) {
+    const conn = await ctx.raw(`status=false&token=${token}`);
+    conn.ws.send(bytes, { binary: false });
+    assert.deepEqual(await conn.closed(), { code: 1000, reason: 'received malformed payload' }, bytes.toString('hex'));
+    assert.deepEqual(conn.frames, []);
+  }
+});
+
+test('a close frame whose reason is not UTF-8 is a protocol error (1002)', async (ctx) => {
+  const { conn } = await rawUser(ctx, { prefix: 'cls' });
+  // A masked close frame: code 1000, reason 0xff (ws itself refuses to send this).
+  const mask = [1, 2, 3, 4];
+  const payload = [0x03, 0xe8, 0xff];
+  conn.ws._socket.write(Buffer.from([0x88, 0x80 | payload.length, ...mask, ...payload.map((b, i) => b ^ mask[i % 4])]));
+  const closed = await conn.closed();
+  assert.equal(closed.code, 1002);
+});
+
 test('an envelope without a message: error 2 "Missing message." then close', async (ctx) => {
   const session = await ctx.user('miss');
   const token = encodeURIComponent(session.token);

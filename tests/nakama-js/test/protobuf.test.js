@@ -156,6 +156,7 @@ test('undecodable protobuf closes with "received malformed payload"', async (ctx
     [0x0a, 0x05, 0x31], // length past the end
     [0xea, 0x01, 0x03, 0x0a, 0x01], // truncated nested message
     [0x0a], // key without a value
+    [...cid('1'), 0xea, 0x01, 0x05, 0x0a, 0x03, 0x0a, 0x01, 0xff], // status "\xff": strings must be UTF-8
   ]) {
     const conn = await ctx.raw(`status=false&token=${token}&format=protobuf`);
     conn.sendBinary(payload);

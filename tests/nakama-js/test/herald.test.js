@@ -141,6 +141,37 @@ test('a session closed for silence leaves like any other', () =>
     assert.deepEqual(await f.event(), ev([], [join]));
   }));
 
+test('a follower that stops reading is closed with "session outgoing queue full"; the stream stays valid', () =>
+  h.withHerald([], async (ctx) => {
+    const b = await ctx.connect(await ctx.user('b'));
+    await b.update('start');
+    const slowUser = await ctx.user('slow');
+    const slow = await ctx.raw(`status=true&token=${encodeURIComponent(slowUser.token)}`);
+    const join = JSON.parse(await slow.nextText()).status_presence_event.joins[0];
+    const { sock: w } = await followerOf(ctx, { userId: slowUser.user_id });
+    slow.sendText(`{"cid":"1","status_follow":{"user_ids":["${b.userId}"]}}`);
+    await slow.nextReply();
+    // Stop reading; b keeps changing its status until the slow session is cut off.
+    slow.ws._socket.pause();
+    const filler = 'x'.repeat(2000);
+    let sent = 0;
+    while (w.events.length === 0) {
+      assert.ok(sent < 20000, 'the slow session was never closed');
+      const acks = [];
+      for (let i = 0; i < 250; i += 1) acks.push(b.socket.updateStatus(`${sent++}:${filler}`));
+      await h.within(Promise.all(acks), 8000, 'acks');
+    }
+    // Its followers see it leave...
+    assert.deepEqual(await w.event(), ev([], [join]));
+    // ...and once it reads again it gets whole frames, in order, then the close.
+    slow.ws._socket.resume();
+    assert.deepEqual(await slow.closed(5000), { code: 1000, reason: 'session outgoing queue full' });
+    const events = slow.frames.slice(slow.read).map((f) => JSON.parse(f.text).status_presence_event);
+    assert.ok(events.length > 0);
+    events.forEach((event, i) => assert.equal(event.joins[0].status, `${i}:${filler}`, `event ${i}`));
+    assert.ok(b.isOpen(), 'the sender is not affected');
+  }));
+
 test('SIGTERM closes every socket with 1001 and exits 0', async () => {
   const server = await h.startHerald([]);
   try {

@@ -95,3 +95,61 @@ test('one user, a JSON and a protobuf session: each sees the other in its own fo
   const f = await ctx.connect(await ctx.user('f'), { mode: 'pb' });
   assert.deepEqual(await f.follow([a.user_id]), h.bySession([aj.me('from json'), ap.me('from pb')]));
 });
+
+/** Applies a status event to a follower's view: session id → status. */
+function apply(view, event) {
+  for (const p of event.leaves) view.delete(p.session_id);
+  for (const p of event.joins) view.set(p.session_id, p.status);
+}
+
+test('churn: followers that apply snapshot + events converge on the true state', async (ctx) => {
+  const users = await ctx.users(6, 'churn');
+  // Followers in both formats, following everyone from the start.
+  const followers = [];
+  for (const mode of ['json', 'pb', 'json']) {
+    const sock = await ctx.connect(await ctx.user('w'), { mode });
+    const view = new Map();
+    for (const p of await sock.follow(users.map((u) => u.user_id))) view.set(p.session_id, p.status);
+    followers.push({ sock, view });
+  }
+  const rand = (n) => Math.floor(Math.random() * n);
+  let late = null;
+  const inFlight = [];
+  // Each user runs its own random sequence of connects, updates and disconnects.
+  await Promise.all(users.map(async (user, u) => {
+    const socks = [];
+    for (let step = 0; step < 40; step += 1) {
+      const choice = rand(10);
+      if (socks.length === 0 || (choice === 0 && socks.length < 3)) {
+        socks.push(await ctx.connect(user, { status: rand(2) === 0, mode: rand(2) ? 'json' : 'pb' }));
+      } else if (choice === 1) {
+        const [gone] = socks.splice(rand(socks.length), 1);
+        await gone.disconnect();
+      } else if (choice === 2) {
+        await socks[rand(socks.length)].socket.updateStatus();
+      } else {
+        const sock = socks[rand(socks.length)];
+        inFlight.push(sock.socket.updateStatus(`u${u}s${step}${'x'.repeat(rand(300))}`));
+      }
+      if (u === 0 && step === 20) {
+        // A follower that joins in the middle of it all.
+        const sock = await ctx.connect(await ctx.user('late'), { mode: 'pb' });
+        const view = new Map();
+        for (const p of await sock.follow(users.map((x) => x.user_id))) view.set(p.session_id, p.status);
+        late = { sock, view };
+      }
+    }
+  }));
+  followers.push(late);
+  // Quiescence: every outstanding request answered, then a truth snapshot.
+  const settled = await h.within(Promise.allSettled(inFlight), 8000, 'outstanding updates');
+  assert.deepEqual(settled.filter((r) => r.status === 'rejected'), []);
+  await h.sleep(100);
+  const truthSock = await ctx.connect(await ctx.user('truth'));
+  const truth = new Map((await truthSock.follow(users.map((u) => u.user_id))).map((p) => [p.session_id, p.status]));
+  for (const { sock, view } of followers) {
+    await h.sleep(50);
+    for (const event of await sock.next(sock.events.length - sock.read)) apply(view, h.norm(event));
+    assert.deepEqual(new Map([...view].sort()), new Map([...truth].sort()), `${sock.mode} follower's view`);
+  }
+});

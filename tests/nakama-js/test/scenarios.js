@@ -312,6 +312,27 @@ function statusScenarios(herald) {
     await f.quiet(100);
   });
 
+  test('one follow of 90 users: a snapshot over 64 KiB, then every user\'s events', async (ctx) => {
+    const targets = [];
+    for (let i = 0; i < 90; i += 1) {
+      const sock = await ctx.connect(await ctx.user('big'));
+      targets.push(sock);
+    }
+    const big = (i) => `${i}:`.padEnd(2048, String.fromCharCode(97 + (i % 26)));
+    await Promise.all(targets.map((t, i) => t.update(big(i))));
+    const f = await ctx.connect(await ctx.user('f'));
+    const snapshot = await f.follow(targets.map((t) => t.userId));
+    assert.deepEqual(snapshot, h.bySession(targets.map((t, i) => t.me(big(i)))));
+    const frames = f.ws.frames.filter((frame) => frame.data.length > 65535);
+    assert.equal(frames.length, 1, 'the snapshot needs a 64-bit frame length');
+    await Promise.all(targets.map((t, i) => t.socket.updateStatus(`after${i}`)));
+    const events = (await f.next(90)).map(h.norm);
+    const expected = targets.map((t, i) => ev([t.me(`after${i}`)], [t.me(big(i))]));
+    const key = (e) => e.joins[0].session_id;
+    assert.deepEqual([...events].sort((a, b) => (key(a) < key(b) ? -1 : 1)), [...expected].sort((a, b) => (key(a) < key(b) ? -1 : 1)));
+    await f.quiet(100);
+  });
+
   test('app-level ping is answered with pong and the same cid', async (ctx) => {
     const s = await ctx.connect(await ctx.user('p'));
     for (let i = 0; i < 3; i += 1) {

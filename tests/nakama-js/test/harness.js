@@ -402,6 +402,21 @@ class Sock {
     if (ws) await waitUntil(() => ws.readyState === WS.CLOSED, 'the client close to complete');
   }
 
+  /** Awaits `promise`, failing at once if the server closes this socket first. */
+  async unlessClosed(promise, timeout = WAIT_MS) {
+    let done = false;
+    const closed = (async () => {
+      await waitUntil(() => done || this.ws.closeInfo, 'the request or a close', timeout);
+      if (!done) throw new Error(`closed by the server instead: ${JSON.stringify(this.ws.closeInfo)}`);
+    })();
+    try {
+      return await Promise.race([promise, closed]);
+    } finally {
+      done = true;
+      closed.catch(() => {});
+    }
+  }
+
   /** Waits until the server closed this socket; returns `{code, reason}`. */
   async closedByServer(timeout = WAIT_MS) {
     await waitUntil(() => this.ws.closeInfo, `${this.username}'s socket to close`, timeout);

@@ -110,6 +110,9 @@ test('keepalive: websocket pings; a client that never pongs is closed, pongs kee
     const silent = await ctx.raw(`status=false&token=${token}`, { autoPong: false });
     const unsolicited = await ctx.raw(`status=false&token=${token}`, { autoPong: false });
     const polite = await ctx.raw(`status=false&token=${token}`);
+    // Every 20th data message counts as liveness too (as in Nakama).
+    const chatty = await ctx.raw(`status=false&token=${token}`, { autoPong: false });
+    const chatter = setInterval(() => chatty.sendText('{"ping":{}}'), 40);
     let pings = 0;
     polite.ws.on('ping', () => {
       pings += 1;
@@ -121,11 +124,13 @@ test('keepalive: websocket pings; a client that never pongs is closed, pongs kee
       await h.sleep(1500);
       assert.ok(polite.isOpen(), 'a client answering pings stays open');
       assert.ok(unsolicited.isOpen(), 'unsolicited pongs count as liveness');
+      assert.ok(chatty.isOpen(), 'every 20th message counts as liveness');
       assert.ok(pings >= 3, `pings seen: ${pings}`);
       // The nakama-js socket (ws answers pings) is fine too.
       assert.ok(b.isOpen());
     } finally {
       clearInterval(timer);
+      clearInterval(chatter);
     }
     assert.deepEqual(f.unread(), []);
   }));
@@ -170,6 +175,21 @@ test('a follower that stops reading is closed with "session outgoing queue full"
     assert.ok(events.length > 0);
     events.forEach((event, i) => assert.equal(event.joins[0].status, `${i}:${filler}`, `event ${i}`));
     assert.ok(b.isOpen(), 'the sender is not affected');
+  }));
+
+test('a snapshot larger than --outgoing-queue-bytes is still delivered (Nakama has no snapshot size limit)', {
+  todo: 'herald bug: a single frame larger than the outgoing byte bound closes the session as a slow consumer',
+}, () =>
+  h.withHerald(['--outgoing-queue-bytes', '65536'], async (ctx) => {
+    const targets = [];
+    for (let i = 0; i < 40; i += 1) targets.push(await ctx.connect(await ctx.user('t')));
+    const status = 's'.repeat(2048);
+    await Promise.all(targets.map((t) => t.update(status)));
+    const f = await ctx.connect(await ctx.user('f'));
+    // About 90 KB of snapshot for one follow request.
+    const snapshot = await f.unlessClosed(f.follow(targets.map((t) => t.userId)));
+    assert.equal(snapshot.length, 40);
+    assert.ok(f.isOpen());
   }));
 
 test('SIGTERM closes every socket with 1001 and exits 0', async () => {

@@ -96,6 +96,11 @@ test('authenticate id rules: custom 6-128 bytes, device 10-128 bytes, no spaces'
   assert.deepEqual(await restError(client.authenticateDevice('a'.repeat(9), true), '9 bytes'), deviceLength);
   assert.deepEqual(await restError(client.authenticateDevice('a'.repeat(129), true), '129 bytes'), deviceLength);
   assert.deepEqual(await restError(client.authenticateDevice('tab\there12', true), 'tab'), bad('Device ID invalid, no spaces or control characters allowed.'));
+  // Usernames: 1-128 bytes, no control characters; spaces are allowed.
+  assert.deepEqual(await restError(client.authenticateCustom(h.uid('longname'), true, 'n'.repeat(129)), 'long username'), bad('Username invalid, must be 1-128 bytes.'));
+  assert.deepEqual(await restError(client.authenticateCustom(h.uid('ctrlname'), true, 'a\u0001b'), 'control'), bad('Username invalid, no spaces or control characters allowed.'));
+  const spaced = `${h.uid('first')} last`;
+  assert.equal((await client.authenticateCustom(h.uid('spaced'), true, spaced)).username, spaced);
   // The bounds themselves are fine.
   const suffix = crypto.randomBytes(8).toString('hex');
   assert.equal((await client.authenticateCustom(`c${suffix}`.slice(0, 6), true)).created, true);
@@ -137,7 +142,11 @@ test('REST with a wrong server key → 401', async (ctx) => {
   const client = new h.nakama.Client('wrongkey', h.HOST, String(ctx.server.port), false, 7000, false);
   const response = await h.rejection(client.authenticateCustom(h.uid('key'), true), 'wrong key');
   assert.equal(response.status, 401);
+  assert.equal(response.headers.get('www-authenticate'), 'Server key invalid');
   assert.deepEqual(await response.json(), { code: 16, message: 'Server key invalid' });
+  const missing = await h.request(ctx.server, 'POST', '/v2/account/authenticate/custom', { body: JSON.stringify({ id: h.uid('nokey') }) });
+  assert.equal(missing.status, 401);
+  assert.deepEqual(JSON.parse(missing.body), { code: 16, message: 'Server key required' });
 });
 
 test('CORS: OPTIONS preflight answered, Access-Control-Allow-Origin: * on responses', async (ctx) => {
@@ -476,6 +485,32 @@ test('follow by username (as .NET and Godot can send): resolved, self skipped, "
   const event = await cc.nextJson();
   assert.equal(event.status_presence_event.joins[0].status, 'by name');
   assert.equal((await bc.nextJson()).status_presence_event.joins[0].status, 'by name');
+});
+
+test('usernames needing escapes: Go-escaped in the token, protojson-escaped in presences', async (ctx) => {
+  const basic = `Basic ${Buffer.from('defaultkey:').toString('base64')}`;
+  const name = `a"b\\c<d>&é 😀\u2028${h.uid('w')}`;
+  const res = await h.request(ctx.server, 'POST', `/v2/account/authenticate/custom?create=true&username=${encodeURIComponent(name)}`, {
+    headers: { Authorization: basic, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ id: h.uid('weird') }),
+  });
+  assert.equal(res.status, 200, res.body);
+  const { token } = JSON.parse(res.body);
+  const payload = Buffer.from(token.split('.')[1], 'base64url').toString('utf8');
+  assert.ok(payload.includes('"usn":"a\\"b\\\\c\\u003cd\\u003e\\u0026é 😀\\u2028'), payload);
+  assert.equal(JSON.parse(payload).usn, name);
+  const conn = await ctx.raw(`status=true&token=${encodeURIComponent(token)}`);
+  const text = await conn.nextText();
+  assert.ok(text.includes(`"username":${goString(name)},"status":""`), text);
+});
+
+test('an abrupt TCP close is a disconnect: followers get the leave', async (ctx) => {
+  const { session, conn } = await rawUser(ctx, { status: true, prefix: 'abrupt' });
+  const join = (await conn.nextJson()).status_presence_event.joins[0];
+  const f = await ctx.connect(await ctx.user('f'));
+  assert.deepEqual(await f.follow([session.user_id]), [join]);
+  conn.ws._socket.destroy();
+  assert.deepEqual(h.norm(await f.event()), { joins: [], leaves: [join] });
 });
 
 /** A JSON string literal as Go protojson writes it (reference §3.1). */

@@ -130,6 +130,10 @@ test('sessionRefresh: a new session for the same user, same token id; bad refres
   // The refreshed token opens a socket.
   const sock = await ctx.connect(refreshed, { status: true });
   assert.equal(sock.events.length, 1);
+  // Vars given to the refresh go into the new tokens.
+  const withVars = await client.sessionRefresh(session, { k2: 'v2' });
+  assert.deepEqual(withVars.vars, { k2: 'v2' });
+  assert.deepEqual(h.claimsOf(withVars.refresh_token).vrs, { k2: 'v2' });
 
   // A session token is not a refresh token (different key).
   const bogus = h.nakama.Session.restore(session.token, session.token);

@@ -169,13 +169,22 @@ test('CORS: OPTIONS preflight answered, Access-Control-Allow-Origin: * on respon
   assert.ok(methods === undefined || methods.includes('POST'), `allowed methods: ${methods}`);
 
   const basic = `Basic ${Buffer.from('defaultkey:').toString('base64')}`;
+  const accountBody = JSON.stringify({ id: h.uid('cors'), vars: {} });
   const auth = await h.request(ctx.server, 'POST', '/v2/account/authenticate/custom?create=true&', {
     headers: { Origin: 'http://example.com', Authorization: basic, 'Content-Type': 'application/json' },
-    body: JSON.stringify({ id: h.uid('cors'), vars: {} }),
+    body: accountBody,
   });
   assert.equal(auth.status, 200);
   assert.equal(auth.headers['access-control-allow-origin'], '*');
   assert.deepEqual(Object.keys(JSON.parse(auth.body)), ['created', 'token', 'refresh_token']);
+  assert.match(auth.headers['content-type'], /^application\/json/);
+  // An existing account: `created` (false) is omitted.
+  const again = await h.request(ctx.server, 'POST', '/v2/account/authenticate/custom?create=true&', {
+    headers: { Authorization: basic, 'Content-Type': 'application/json' },
+    body: accountBody,
+  });
+  assert.equal(again.status, 200);
+  assert.deepEqual(Object.keys(JSON.parse(again.body)), ['token', 'refresh_token']);
   const refused = await h.request(ctx.server, 'POST', '/v2/account/authenticate/custom', {
     headers: { Origin: 'http://example.com' },
     body: '{}',

@@ -28,6 +28,9 @@ use super::status_query::UserStatus;
 use crate::ids::{SessionId, UserId};
 use crate::protocol::Presence;
 
+/// A closure to run on a shard thread, with that shard's context.
+pub type ShardTask = Box<dyn FnOnce(&std::rc::Rc<ShardContext>) + Send>;
+
 /// Work sent to a shard by other threads.
 pub enum ShardMsg {
     /// A status change of `change.user`, owned by the sending shard, for the
@@ -86,7 +89,7 @@ pub enum ShardMsg {
         reply: oneshot::Sender<bool>,
     },
     /// Runs a closure on the shard thread (used to hand a connection to its home shard).
-    Run(Box<dyn FnOnce(&std::rc::Rc<ShardContext>) + Send>),
+    Run(ShardTask),
     /// Closes every session with 1001 and stops the shard once they are gone.
     Shutdown,
 }

@@ -12,7 +12,9 @@
 //!
 //! The queue is bounded in **bytes** (`--outgoing-queue-bytes`). A push that
 //! would exceed the bound is refused and closes *this* session with
-//! `session outgoing queue full`; the caller counts it. Nothing is ever
+//! `session outgoing queue full`; the caller counts it. One frame is always
+//! accepted into an empty queue, whatever its size, so a large reply (a big
+//! snapshot) is delivered rather than mistaken for a slow consumer. Nothing is ever
 //! dropped silently: a session either receives every frame in order, or it is
 //! closed with a reason.
 
@@ -103,8 +105,10 @@ impl Outbox {
             return Push::Closed;
         }
         let len = frame.len();
-        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
-        if queued > self.limit {
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        // An empty queue takes any one frame: a single reply (say, a large
+        // snapshot) is never refused for its own size.
+        if before > 0 && before + len > self.limit {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return if self.close(CloseCause::SlowConsumer) {
                 Push::Overflowed
@@ -243,6 +247,13 @@ mod tests {
         assert_eq!(outbox.push(frame(1)), Push::Closed);
         assert_eq!(outbox.close_cause(), Some(&CloseCause::SlowConsumer));
         assert_eq!(outbox.queued_bytes(), 62);
+    }
+
+    #[test]
+    fn an_empty_queue_takes_one_frame_of_any_size() {
+        let outbox = Outbox::new(Format::Json, 100, 0);
+        assert_eq!(outbox.push(frame(120)), Push::Queued);
+        assert_eq!(outbox.push(frame(1)), Push::Overflowed);
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const MESSAGES_PER_LIVENESS: u32 = 20;
 /// Socket reads per poll before the task yields to others on the shard.
 const READS_PER_POLL: usize = 8;
+/// Client messages handled per poll before the task yields, so that a client
+/// pipelining a burst of updates cannot keep its followers' writers from
+/// draining their outboxes in between.
+const MESSAGES_PER_POLL: u32 = 16;
 
 thread_local! {
     /// The shard thread's read buffer, shared by all its connections.
@@ -142,7 +146,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 } else {
                     reason.as_str()
                 };
-                self.begin_close(1000, &reason.to_owned(), CloseKind::Kicked)
+                self.begin_close(1000, reason, CloseKind::Kicked)
             }
         }
     }
@@ -159,11 +163,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let mut filled = self.reader.partial.len();
             buf[..filled].copy_from_slice(&self.reader.partial);
             self.reader.partial = Vec::new();
-            for _ in 0..READS_PER_POLL {
-                let consumed = self.handle_frames(&mut buf[..filled]);
-                if consumed < filled {
-                    buf.copy_within(consumed..filled, 0);
-                }
+            let mut budget = MESSAGES_PER_POLL;
+            let mut reads = 0;
+            loop {
+                let consumed = self.handle_frames(&mut buf[..filled], &mut budget);
+                buf.copy_within(consumed..filled, 0);
                 filled -= consumed;
                 if !matches!(self.phase, Phase::Open)
                     || self.outbox.request_pending()
@@ -171,6 +175,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 {
                     self.reader.partial.extend_from_slice(&buf[..filled]);
                     return Poll::Ready(Ok(()));
+                }
+                if budget == 0 || reads == READS_PER_POLL {
+                    // Budget spent: keep the rest for the next poll and let
+                    // the other tasks of this shard (followers' writers) run.
+                    self.reader.partial.extend_from_slice(&buf[..filled]);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 let mut read_buf = ReadBuf::new(&mut buf[filled..]);
                 match Pin::new(&mut self.io).poll_read(cx, &mut read_buf) {
@@ -184,26 +195,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     Poll::Ready(Ok(())) => filled += read_buf.filled().len(),
                 }
+                reads += 1;
             }
-            // Read budget spent: process what we have, then let others run.
-            let consumed = self.handle_frames(&mut buf[..filled]);
-            self.reader
-                .partial
-                .extend_from_slice(&buf[consumed..filled]);
-            cx.waker().wake_by_ref();
-            Poll::Pending
         })
     }
 
-    /// Handles the complete frames in `buf`; returns how many bytes they took.
-    fn handle_frames(&mut self, buf: &mut [u8]) -> usize {
+    /// Handles the complete frames in `buf`, at most `budget` of them;
+    /// returns how many bytes they took.
+    fn handle_frames(&mut self, buf: &mut [u8], budget: &mut u32) -> usize {
         let mut pos = 0;
-        while matches!(self.phase, Phase::Open)
+        while *budget > 0
+            && matches!(self.phase, Phase::Open)
             && !self.outbox.request_pending()
             && !self.outbox.is_closing()
         {
             let event = match self.reader.next(buf, &mut pos) {
-                Ok(Some(event)) => event,
+                Ok(Some(event)) => {
+                    *budget -= 1;
+                    event
+                }
                 Ok(None) => break,
                 Err(Violation { code, reason }) => {
                     self.begin_close(code, reason, CloseKind::Malformed);

@@ -299,14 +299,23 @@ mod tests {
         // Herald checks UTF-8 as RFC 6455 requires (issue 5); Nakama's
         // gorilla does not, and closes later with `received malformed payload`.
         let mut reader = FrameReader::new(4096);
-        assert_eq!(first_event(&mut reader, frame(true, 0x1, b"{\"cid\":\"\xff\"}")), Err(NOT_UTF8));
+        assert_eq!(
+            first_event(&mut reader, frame(true, 0x1, b"{\"cid\":\"\xff\"}")),
+            Err(NOT_UTF8)
+        );
         // Also when the bytes are split across fragments, and fine when they join up.
         let mut bytes = frame(false, 0x1, b"\xe2\x82");
         bytes.extend(frame(true, 0x0, b"\xac"));
-        assert_eq!(first_event(&mut reader, bytes), Ok(Some("Text:\u{20ac}".to_owned())));
+        assert_eq!(
+            first_event(&mut reader, bytes),
+            Ok(Some("Text:\u{20ac}".to_owned()))
+        );
         let mut bytes = frame(false, 0x1, b"\xe2\x82");
         bytes.extend(frame(true, 0x0, b"\xff"));
-        assert_eq!(first_event(&mut FrameReader::new(4096), bytes), Err(NOT_UTF8));
+        assert_eq!(
+            first_event(&mut FrameReader::new(4096), bytes),
+            Err(NOT_UTF8)
+        );
     }
 
     #[test]
@@ -314,7 +323,10 @@ mod tests {
         let mut reader = FrameReader::new(4096);
         let mut payload = 1000u16.to_be_bytes().to_vec();
         payload.push(0xff);
-        assert_eq!(first_event(&mut reader, frame(true, 0x8, &payload)), Err(NOT_UTF8));
+        assert_eq!(
+            first_event(&mut reader, frame(true, 0x8, &payload)),
+            Err(NOT_UTF8)
+        );
         let mut payload = 1000u16.to_be_bytes().to_vec();
         payload.extend_from_slice("bye é".as_bytes());
         assert_eq!(

@@ -290,6 +290,16 @@ mod tests {
     }
 
     #[test]
+    fn the_single_socket_notification_matches_nakama() {
+        let mut notice = crate::protocol::Notification::single_socket(1_795_655_523);
+        notice.id = "6f1d2c3b-4a59-4e7f-8a9b-0c1d2e3f4a5b".into();
+        assert_eq!(
+            reply("", ReplyBody::Notification(&notice)),
+            r#"{"notifications":{"notifications":[{"id":"6f1d2c3b-4a59-4e7f-8a9b-0c1d2e3f4a5b","subject":"single_socket","content":"{}","code":-7,"create_time":"2026-11-26T01:12:03Z"}]}}"#
+        );
+    }
+
+    #[test]
     fn acks_are_an_envelope_with_only_the_cid() {
         assert_eq!(reply("3", ReplyBody::Ack), r#"{"cid":"3"}"#);
         assert_eq!(reply("", ReplyBody::Ack), "{}");

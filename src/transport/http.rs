@@ -25,7 +25,7 @@ use hyper::header::{
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::rest::{self, RestContext};
 use super::{upgrade, ServerState};
@@ -42,9 +42,12 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// A response body: always a complete buffer.
 pub type Body = Full<Bytes>;
 
-/// Serves one accepted TCP connection: HTTP requests until it closes or is
-/// upgraded to a websocket.
-pub async fn serve(ctx: Rc<ShardContext>, state: Arc<ServerState>, stream: TcpStream) {
+/// Serves one accepted connection (plain TCP, or TLS after its handshake):
+/// HTTP requests until it closes or is upgraded to a websocket.
+pub async fn serve<I>(ctx: Rc<ShardContext>, state: Arc<ServerState>, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let rest = Rc::new(RestContext {
         tokens: state.tokens.clone(),
         accounts: state.accounts.clone(),
@@ -62,7 +65,7 @@ pub async fn serve(ctx: Rc<ShardContext>, state: Arc<ServerState>, stream: TcpSt
         .header_read_timeout(HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES.max(8192));
     let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(error) = connection.await {
         tracing::debug!(%error, "http connection ended with an error");

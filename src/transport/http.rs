@@ -1,8 +1,9 @@
 //! HTTP/1.1 on the main listener (hyper): routing and CORS.
 //!
 //! Routes: `GET /` (200, empty body, for load balancers), `GET /ws` (the
-//! realtime socket, see [`super::upgrade`]), and the REST endpoints in
-//! [`super::rest`]. Every response carries Nakama's CORS headers, and
+//! realtime socket, see [`super::upgrade`]), the REST endpoints in
+//! [`super::rest`], and the live status page under `/status-demo`
+//! ([`super::status_page`]). Every response carries Nakama's CORS headers, and
 //! `OPTIONS` preflights are answered for every path, as gorilla's CORS
 //! handler in Nakama does.
 //!
@@ -28,7 +29,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::rest::{self, RestContext};
-use super::{upgrade, ServerState};
+use super::{status_page, upgrade, ServerState};
 use crate::auth::IdKind;
 use crate::engine::ShardContext;
 
@@ -89,13 +90,18 @@ async fn route(
             rest::authenticate(rest, IdKind::Device, request).await
         }
         (&Method::POST, "/v2/account/session/refresh") => rest::refresh(rest, request).await,
+        (&Method::GET | &Method::HEAD, path) if status_page::PATHS.contains(&path) => {
+            status_page::asset(path)
+                .unwrap_or_else(|| rest::error_response(StatusCode::NOT_FOUND, 5, "Not Found"))
+        }
         (
             _,
             "/"
             | "/ws"
             | "/v2/account/authenticate/custom"
             | "/v2/account/authenticate/device"
-            | "/v2/account/session/refresh",
+            | "/v2/account/session/refresh"
+            | "/status-demo",
         ) => rest::error_response(StatusCode::METHOD_NOT_ALLOWED, 12, "Method Not Allowed"),
         _ => rest::error_response(StatusCode::NOT_FOUND, 5, "Not Found"),
     };

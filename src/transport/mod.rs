@@ -3,6 +3,7 @@
 //! * [`listener`]: `SO_REUSEPORT` listeners, one accept loop per shard.
 //! * [`http`]: hyper HTTP/1.1 routing and CORS for `GET /`, `GET /ws` and REST.
 //! * [`rest`]: the REST endpoints (authenticate, session refresh).
+//! * [`status_page`]: the live status page at `/status-demo`, embedded in the binary.
 //! * [`tls`]: rustls for `--tls-cert`/`--tls-key`, and moving a TLS session between shards.
 //! * [`upgrade`]: the `/ws` handshake: format, token, upgrade, hand-off to the home shard.
 //! * [`connection`]: a session's task: frames in, requests to the shard, outbox out.
@@ -17,6 +18,7 @@ pub mod frame_reader;
 pub mod http;
 pub mod listener;
 pub mod rest;
+pub mod status_page;
 pub mod tls;
 pub mod upgrade;
 pub mod writer;

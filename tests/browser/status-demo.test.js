@@ -34,7 +34,10 @@ const CHROMIUM_ARGS = [
   '--disable-sync',
 ];
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const sleep = (ms, unref = false) => new Promise((resolve) => {
+  const timer = setTimeout(resolve, ms);
+  if (unref) timer.unref();
+});
 const cleanups = [];
 after(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup();
@@ -78,7 +81,7 @@ async function startHerald() {
   cleanups.push(async () => {
     if (proc.exitCode === null && proc.signalCode === null) {
       proc.kill('SIGTERM');
-      const stopped = await Promise.race([exited.then(() => true), sleep(5000).then(() => false)]);
+      const stopped = await Promise.race([exited.then(() => true), sleep(5000, true).then(() => false)]);
       if (!stopped) proc.kill('SIGKILL');
     }
     fs.rmSync(dataDir, { recursive: true, force: true });

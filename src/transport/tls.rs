@@ -21,12 +21,14 @@
 //!
 //! # Per-connection memory
 //!
-//! rustls keeps a receive buffer that shrinks back to 4 KiB when it is empty
-//! (an idle session), encrypted records waiting for the socket (freed as
-//! they are written), and decrypted bytes not yet read. Records waiting for a
-//! slow socket are capped at [`SEND_BUFFER_LIMIT`]; past it writes wait, so
-//! the outbox's byte bound (`--outgoing-queue-bytes`) still decides when a
-//! slow consumer is cut off.
+//! rustls keeps its connection state (keys, record layer), a receive buffer
+//! that shrinks back to 4 KiB when it is empty (an idle session), encrypted
+//! records waiting for the socket (freed as they are written), and decrypted
+//! bytes not yet read. Measured with 3,000 idle sessions: about 13 KB of
+//! resident memory per `wss://` session against 2.3 KB per `ws://` one.
+//! Records waiting for a slow socket are capped at [`SEND_BUFFER_LIMIT`];
+//! past it writes wait, so the outbox's byte bound (`--outgoing-queue-bytes`)
+//! still decides when a slow consumer is cut off.
 //!
 //! # Why ring
 //!

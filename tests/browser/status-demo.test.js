@@ -8,7 +8,7 @@
 // system temp dir); their paths are printed. Every wait is bounded.
 
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
+const { spawn, execFileSync } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const http = require('node:http');
@@ -65,14 +65,25 @@ function httpStatus(port, urlPath) {
   });
 }
 
+/** 200 once `port` accepts TCP (a TLS listener cannot answer plain HTTP). */
+function tcpOpen(port) {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, HOST, () => {
+      socket.destroy();
+      resolve(200);
+    });
+    socket.on('error', () => resolve(0));
+  });
+}
+
 /** Starts a fresh herald on a free port with its own data dir. */
-async function startHerald() {
+async function startHerald(extraArgs = [], scheme = 'http') {
   assert.ok(HERALD_BIN, 'set HERALD_BIN to a built herald binary');
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-browser-data-'));
   const port = await freePort();
   const proc = spawn(
     HERALD_BIN,
-    ['--listen', `${HOST}:${port}`, '--data-dir', dataDir, '--admin-listen', 'off'],
+    ['--listen', `${HOST}:${port}`, '--data-dir', dataDir, '--admin-listen', 'off', ...extraArgs],
     { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } },
   );
   const stderr = [];
@@ -87,13 +98,13 @@ async function startHerald() {
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
   const deadline = Date.now() + 10000;
-  while ((await httpStatus(port, '/')) !== 200) {
+  while ((await (scheme === 'http' ? httpStatus(port, '/') : tcpOpen(port))) !== 200) {
     if (proc.exitCode !== null || Date.now() > deadline) {
       throw new Error(`herald did not start:\n${Buffer.concat(stderr).toString()}`);
     }
     await sleep(50);
   }
-  return { url: `http://${HOST}:${port}`, log: () => Buffer.concat(stderr).toString() };
+  return { url: `${scheme}://${HOST}:${port}`, log: () => Buffer.concat(stderr).toString() };
 }
 
 function artifactsDir() {
@@ -104,7 +115,8 @@ function artifactsDir() {
 
 /** A page in its own browser context, failing the test on any script error. */
 async function openPage(browser, url, errors) {
-  const context = await browser.newContext({ viewport: { width: 900, height: 1000 } });
+  // The TLS test's certificate is self-signed, generated for this run.
+  const context = await browser.newContext({ viewport: { width: 900, height: 1000 }, ignoreHTTPSErrors: true });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT_MS);
   page.on('pageerror', (error) => errors.push(`page error: ${error.message}`));
@@ -139,9 +151,7 @@ async function waitForFriend(page, key, state, status) {
   );
 }
 
-test('two players see each other live in /status-demo', { timeout: 120000 }, async () => {
-  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium)`);
-  const herald = await startHerald();
+async function launch() {
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
@@ -150,6 +160,13 @@ test('two players see each other live in /status-demo', { timeout: 120000 }, asy
     timeout: 30000,
   });
   cleanups.push(() => browser.close().catch(() => {}));
+  return browser;
+}
+
+test('two players see each other live in /status-demo', { timeout: 120000 }, async () => {
+  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium)`);
+  const herald = await startHerald();
+  const browser = await launch();
   const errors = [];
   const tag = crypto.randomBytes(3).toString('hex');
   const alice = `alice_${tag}`;
@@ -210,4 +227,32 @@ test('two players see each other live in /status-demo', { timeout: 120000 }, asy
   await b.context.close();
   assert.deepEqual(errors, [], 'no script errors or CSP violations on the page');
   assert.doesNotMatch(herald.log(), /panicked/);
+});
+
+test('the page uses https:// and wss:// when herald serves TLS', { timeout: 60000 }, async () => {
+  assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} is missing (apt-get install chromium)`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-browser-tls-'));
+  cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+    '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    '-keyout', key, '-out', cert,
+  ], { stdio: 'ignore', timeout: 10000 });
+  const herald = await startHerald(['--tls-cert', cert, '--tls-key', key], 'https');
+  const browser = await launch();
+  const errors = [];
+  const sockets = [];
+  const { context, page } = await openPage(browser, herald.url, errors);
+  page.on('websocket', (ws) => sockets.push(ws.url()));
+  const tag = crypto.randomBytes(3).toString('hex');
+  await login(page, `custom-tls-${tag}`, `tls_${tag}`);
+  await page.fill('#status-text', 'Encrypted');
+  await page.click('#set-status');
+  await page.waitForFunction(() => document.getElementById('my-status').textContent.includes('Encrypted'));
+  assert.equal(sockets.length, 1);
+  assert.match(sockets[0], /^wss:\/\/127\.0\.0\.1:\d+\/ws\?/);
+  await context.close();
+  assert.deepEqual(errors, [], 'no script errors or CSP violations on the page');
 });

@@ -17,7 +17,7 @@ use anyhow::Context;
 use crate::auth::{AccountStore, Tokens};
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, EngineHandle, ShardContext};
-use crate::transport::{listener, ServerState};
+use crate::transport::{listener, tls, ServerState};
 
 /// A running server.
 pub struct Server {
@@ -30,6 +30,11 @@ impl Server {
     /// Starts a server with `config`. Returns once every shard is accepting.
     pub fn start(config: Config) -> anyhow::Result<Server> {
         config.validate().map_err(anyhow::Error::msg)?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key must be given together"),
+        };
         let (accounts, known) = AccountStore::open(&config.data_dir).with_context(|| {
             format!(
                 "cannot open the account store in {}",
@@ -69,6 +74,7 @@ impl Server {
             tokens,
             accounts: accounts.clone(),
             websockets: AtomicUsize::new(0),
+            tls,
         });
         let listeners = Arc::new(Mutex::new(
             listeners.into_iter().map(Some).collect::<Vec<_>>(),

@@ -1,8 +1,9 @@
 //! HTTP/1.1 on the main listener (hyper): routing and CORS.
 //!
 //! Routes: `GET /` (200, empty body, for load balancers), `GET /ws` (the
-//! realtime socket, see [`super::upgrade`]), and the REST endpoints in
-//! [`super::rest`]. Every response carries Nakama's CORS headers, and
+//! realtime socket, see [`super::upgrade`]), the REST endpoints in
+//! [`super::rest`], and the live status page under `/status-demo`
+//! ([`super::status_page`]). Every response carries Nakama's CORS headers, and
 //! `OPTIONS` preflights are answered for every path, as gorilla's CORS
 //! handler in Nakama does.
 //!
@@ -25,10 +26,10 @@ use hyper::header::{
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::rest::{self, RestContext};
-use super::{upgrade, ServerState};
+use super::{status_page, upgrade, ServerState};
 use crate::auth::IdKind;
 use crate::engine::ShardContext;
 
@@ -42,9 +43,12 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// A response body: always a complete buffer.
 pub type Body = Full<Bytes>;
 
-/// Serves one accepted TCP connection: HTTP requests until it closes or is
-/// upgraded to a websocket.
-pub async fn serve(ctx: Rc<ShardContext>, state: Arc<ServerState>, stream: TcpStream) {
+/// Serves one accepted connection (plain TCP, or TLS after its handshake):
+/// HTTP requests until it closes or is upgraded to a websocket.
+pub async fn serve<I>(ctx: Rc<ShardContext>, state: Arc<ServerState>, io: I)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let rest = Rc::new(RestContext {
         tokens: state.tokens.clone(),
         accounts: state.accounts.clone(),
@@ -62,7 +66,7 @@ pub async fn serve(ctx: Rc<ShardContext>, state: Arc<ServerState>, stream: TcpSt
         .header_read_timeout(HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES.max(8192));
     let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(error) = connection.await {
         tracing::debug!(%error, "http connection ended with an error");
@@ -86,13 +90,18 @@ async fn route(
             rest::authenticate(rest, IdKind::Device, request).await
         }
         (&Method::POST, "/v2/account/session/refresh") => rest::refresh(rest, request).await,
+        (&Method::GET | &Method::HEAD, path) if status_page::PATHS.contains(&path) => {
+            status_page::asset(path)
+                .unwrap_or_else(|| rest::error_response(StatusCode::NOT_FOUND, 5, "Not Found"))
+        }
         (
             _,
             "/"
             | "/ws"
             | "/v2/account/authenticate/custom"
             | "/v2/account/authenticate/device"
-            | "/v2/account/session/refresh",
+            | "/v2/account/session/refresh"
+            | "/status-demo",
         ) => rest::error_response(StatusCode::METHOD_NOT_ALLOWED, 12, "Method Not Allowed"),
         _ => rest::error_response(StatusCode::NOT_FOUND, 5, "Not Found"),
     };

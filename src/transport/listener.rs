@@ -15,8 +15,8 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
-use super::http;
 use super::ServerState;
+use super::{http, tls};
 use crate::engine::ShardContext;
 
 /// Pending connections the kernel may queue per listener.
@@ -46,7 +46,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
 }
 
 /// Accepts connections on this shard until shutdown reaches it, serving each
-/// as HTTP on this shard's thread.
+/// as HTTP on this shard's thread (after the TLS handshake, with `--tls-cert`).
 pub async fn accept_loop(
     ctx: Rc<ShardContext>,
     state: Arc<ServerState>,
@@ -68,7 +68,20 @@ pub async fn accept_loop(
         match accepted {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::task::spawn_local(http::serve(ctx.clone(), state.clone(), stream));
+                match &state.tls {
+                    None => {
+                        tokio::task::spawn_local(http::serve(ctx.clone(), state.clone(), stream));
+                    }
+                    Some(acceptor) => {
+                        let (ctx, state, acceptor) = (ctx.clone(), state.clone(), acceptor.clone());
+                        tokio::task::spawn_local(async move {
+                            match tls::handshake(&acceptor, stream).await {
+                                Ok(stream) => http::serve(ctx, state, stream).await,
+                                Err(error) => tracing::debug!(%error, "TLS handshake failed"),
+                            }
+                        });
+                    }
+                }
             }
             Err(error) => {
                 // Out of descriptors or memory: back off instead of spinning.

@@ -7,9 +7,11 @@
 //! 3. `status` parsed like Go's `strconv.ParseBool`, unparsable = false; `lang` is ignored.
 //! 4. Past `--max-connections` open sessions → 503, never a hang.
 //! 5. The upgrade (fastwebsockets checks the key and version; no extensions,
-//!    no subprotocol), then the socket moves to the user's home shard, where
-//!    the session is registered and its task starts.
+//!    no subprotocol), then the socket (with its TLS state, under
+//!    `--tls-cert`) moves to the user's home shard, where the session is
+//!    registered and its task starts.
 
+use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,10 +20,12 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::connection::Connection;
 use super::http::{plain, Body};
+use super::tls::{DetachedTls, TlsIo};
 use super::ServerState;
 use crate::auth::SessionClaims;
 use crate::engine::{Outbox, SessionSpec, ShardContext};
@@ -109,7 +113,42 @@ impl Drop for WebsocketSlot {
     }
 }
 
-/// Moves the upgraded socket to the user's home shard and starts the session there.
+/// A stream a websocket session runs on, and how it moves to another shard:
+/// detached from the accepting shard's reactor, sent, attached on the home
+/// shard. Plain TCP moves as a `std` socket; TLS moves with its rustls state
+/// (see [`super::tls`]).
+trait SessionIo: AsyncRead + AsyncWrite + Unpin + Sized + 'static {
+    type Detached: Send + 'static;
+    fn detach(self) -> io::Result<Self::Detached>;
+    fn attach(detached: Self::Detached) -> io::Result<Self>;
+}
+
+impl SessionIo for TcpStream {
+    type Detached = std::net::TcpStream;
+
+    fn detach(self) -> io::Result<std::net::TcpStream> {
+        self.into_std()
+    }
+
+    fn attach(detached: std::net::TcpStream) -> io::Result<TcpStream> {
+        TcpStream::from_std(detached)
+    }
+}
+
+impl SessionIo for TlsIo {
+    type Detached = DetachedTls;
+
+    fn detach(self) -> io::Result<DetachedTls> {
+        DetachedTls::detach(self)
+    }
+
+    fn attach(detached: DetachedTls) -> io::Result<TlsIo> {
+        detached.attach()
+    }
+}
+
+/// Takes the socket out of the upgraded connection (plain or TLS) and hands
+/// it to the user's home shard.
 fn hand_off(
     ctx: &Rc<ShardContext>,
     state: Arc<ServerState>,
@@ -117,39 +156,56 @@ fn hand_off(
     handshake: Handshake,
     slot: WebsocketSlot,
 ) {
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(_) => {
-            tracing::error!("upgraded connection is not a TCP stream");
-            return;
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            return move_home(ctx, state, stream, parts.read_buf, handshake, slot);
         }
+        Err(upgraded) => upgraded,
     };
-    let stream = parts.io.into_inner();
-    let early = parts.read_buf;
+    match upgraded.downcast::<TokioIo<TlsIo>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            move_home(ctx, state, stream, parts.read_buf, handshake, slot);
+        }
+        Err(_) => tracing::error!("upgraded connection is neither TCP nor TLS"),
+    }
+}
+
+/// Starts the session here if this is the user's home shard, else moves the
+/// socket there first.
+fn move_home<S: SessionIo>(
+    ctx: &Rc<ShardContext>,
+    state: Arc<ServerState>,
+    stream: S,
+    early: Bytes,
+    handshake: Handshake,
+    slot: WebsocketSlot,
+) {
     let home = ctx.engine.router().shard_of_user(handshake.claims.user_id);
     if home == ctx.index {
         start_session(ctx, state, stream, early, handshake, slot);
         return;
     }
-    let stream = match stream.into_std() {
-        Ok(stream) => stream,
+    let detached = match stream.detach() {
+        Ok(detached) => detached,
         Err(error) => {
             tracing::warn!(%error, "cannot move a socket to its home shard");
             return;
         }
     };
     ctx.engine
-        .run_on(home, move |ctx| match TcpStream::from_std(stream) {
+        .run_on(home, move |ctx| match S::attach(detached) {
             Ok(stream) => start_session(ctx, state, stream, early, handshake, slot),
             Err(error) => tracing::warn!(%error, "cannot adopt a socket on its home shard"),
         });
 }
 
 /// On the home shard: registers the session and spawns its task.
-fn start_session(
+fn start_session<S: SessionIo>(
     ctx: &Rc<ShardContext>,
     state: Arc<ServerState>,
-    stream: TcpStream,
+    stream: S,
     early: Bytes,
     handshake: Handshake,
     slot: WebsocketSlot,

@@ -139,7 +139,8 @@ impl WriteQueue {
         stats: &ShardStats,
     ) -> Poll<io::Result<()>> {
         let Some((frame, offset)) = self.close.as_mut() else {
-            return Poll::Ready(Ok(()));
+            // Free for TCP; a TLS stream sends the records it still buffers.
+            return Pin::new(&mut *io).poll_flush(cx);
         };
         while *offset < frame.len() {
             match Pin::new(&mut *io).poll_write(cx, &frame.as_bytes()[*offset..]) {

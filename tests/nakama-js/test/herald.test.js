@@ -175,9 +175,7 @@ test('a follower that stops reading is closed with "session outgoing queue full"
     assert.ok(b.isOpen(), 'the sender is not affected');
   }));
 
-test('a snapshot larger than --outgoing-queue-bytes is still delivered (Nakama has no snapshot size limit)', {
-  todo: 'herald bug: a single frame larger than the outgoing byte bound closes the session as a slow consumer',
-}, () =>
+test('a snapshot larger than --outgoing-queue-bytes is still delivered (Nakama has no snapshot size limit)', () =>
   h.withHerald(['--outgoing-queue-bytes', '65536'], async (ctx) => {
     const targets = [];
     for (let i = 0; i < 40; i += 1) targets.push(await ctx.connect(await ctx.user('t')));

@@ -145,6 +145,9 @@ mod tests {
                 message: message.to_owned(),
                 context: Default::default(),
             })),
+            ReplyBody::Notification(_) => {
+                unreachable!("the reply strategies generate no notifications")
+            }
         };
         Envelope {
             cid: reply.cid.to_owned(),

@@ -1,18 +1,26 @@
 //! The `herald` binary: parse the configuration, start the server, and stop
 //! it on SIGTERM or SIGINT (a second signal exits at once).
 
-use clap::Parser;
 use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
-use herald::config::Config;
+use herald::config::{Config, LoadError};
 use herald::server::Server;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    let config = match Config::load() {
+        Ok(config) => config,
+        // --help, --version, or a bad flag: clap prints it and picks the exit code.
+        Err(LoadError::Args(error)) => error.exit(),
+        // Logging is not set up yet (the file may configure it): plain stderr.
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -26,6 +34,7 @@ fn main() -> std::process::ExitCode {
     }
 
     tracing::info!(
+        config = %config.config.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
         shards = config.shard_count(),
@@ -54,12 +63,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    tracing::info!(listen = %server.local_addr(), version = herald::config::VERSION, "herald is serving");
+    tracing::info!(
+        listen = %server.local_addr(),
+        admin = %server.admin_addr().map_or("off".into(), |a| a.to_string()),
+        version = herald::config::VERSION,
+        "herald is serving"
+    );
 
     if let Err(error) = wait_for_signal() {
         tracing::error!(%error, "cannot wait for signals; shutting down");
     }
-    tracing::info!("shutting down");
+    tracing::info!("signal received");
     std::thread::spawn(|| {
         // A second signal exits at once.
         let _ = wait_for_signal();
@@ -67,7 +81,6 @@ fn main() -> std::process::ExitCode {
         std::process::exit(1);
     });
     server.shutdown();
-    tracing::info!("stopped");
     std::process::ExitCode::SUCCESS
 }
 

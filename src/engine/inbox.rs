@@ -86,10 +86,13 @@ pub enum ShardMsg {
         reply: oneshot::Sender<bool>,
     },
     /// Runs a closure on the shard thread (used to hand a connection to its home shard).
-    Run(Box<dyn FnOnce(&std::rc::Rc<ShardContext>) + Send>),
+    Run(ShardTask),
     /// Closes every session with 1001 and stops the shard once they are gone.
     Shutdown,
 }
+
+/// A closure sent to run on a shard thread.
+pub type ShardTask = Box<dyn FnOnce(&std::rc::Rc<ShardContext>) + Send>;
 
 /// A shard's inbox (see the module doc).
 pub struct Inbox {

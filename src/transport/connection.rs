@@ -152,7 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 } else {
                     reason.as_str()
                 };
-                self.begin_close(1000, &reason.to_owned(), CloseKind::Kicked)
+                self.begin_close(1000, reason, CloseKind::Kicked)
             }
         }
     }

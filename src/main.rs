@@ -2,6 +2,7 @@
 //! it on SIGTERM or SIGINT (a second signal exits at once).
 
 use mimalloc::MiMalloc;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 use herald::config::{Config, LoadError};
@@ -30,7 +31,12 @@ fn main() -> std::process::ExitCode {
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        // Colours only on a terminal: not in files, pipes or the journal.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .init();
     }
 
     tracing::info!(
@@ -56,6 +62,13 @@ fn main() -> std::process::ExitCode {
             "{key} is Nakama's published default; set your own before going to production"
         );
     }
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot install the SIGTERM and SIGINT handlers");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let server = match Server::start(config) {
         Ok(server) => server,
         Err(error) => {
@@ -70,13 +83,11 @@ fn main() -> std::process::ExitCode {
         "herald is serving"
     );
 
-    if let Err(error) = wait_for_signal() {
-        tracing::error!(%error, "cannot wait for signals; shutting down");
-    }
+    signals.wait();
     tracing::info!("signal received");
-    std::thread::spawn(|| {
+    std::thread::spawn(move || {
         // A second signal exits at once.
-        let _ = wait_for_signal();
+        signals.wait();
         tracing::warn!("second signal: exiting now");
         std::process::exit(1);
     });
@@ -84,17 +95,44 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-/// Blocks until SIGTERM or SIGINT.
-fn wait_for_signal() -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            result = tokio::signal::ctrl_c() => result?,
-        }
-        Ok(())
-    })
+/// SIGTERM and SIGINT, caught from before start-up on. The handlers are
+/// installed once, first thing: a signal that arrives while the server is
+/// still starting is kept and answered with a clean shutdown as soon as it
+/// runs, rather than killing the process with the default action.
+struct Signals {
+    runtime: tokio::runtime::Runtime,
+    term: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let context = runtime.enter();
+        let term = signal(SignalKind::terminate())?;
+        let interrupt = signal(SignalKind::interrupt())?;
+        drop(context);
+        Ok(Signals {
+            runtime,
+            term,
+            interrupt,
+        })
+    }
+
+    /// Blocks until SIGTERM or SIGINT (returns at once if one came already).
+    fn wait(&mut self) {
+        let Signals {
+            runtime,
+            term,
+            interrupt,
+        } = self;
+        runtime.block_on(async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        });
+    }
 }

@@ -198,7 +198,10 @@ impl Config {
             for (key, value) in settings {
                 // Default or absent: the file fills it. Set on the command line or
                 // in the environment: the file's value is validated but loses.
-                if !matches!(first.value_source(&key), Some(ValueSource::CommandLine | ValueSource::EnvVariable)) {
+                if !matches!(
+                    first.value_source(&key),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                ) {
                     args.push(format!("--{}={value}", key.replace('_', "-")).into());
                 }
             }
@@ -401,7 +404,9 @@ mod tests {
     static ENVIRONMENT: Mutex<()> = Mutex::new(());
 
     fn lock() -> std::sync::MutexGuard<'static, ()> {
-        ENVIRONMENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        ENVIRONMENT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
@@ -441,7 +446,10 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:9000".parse().expect("addr"));
         assert!(config.single_socket);
         assert_eq!(config.admin_listen, AdminListen::Off);
-        assert_eq!(config.max_follows, 100_000, "untouched settings keep their defaults");
+        assert_eq!(
+            config.max_follows, 100_000,
+            "untouched settings keep their defaults"
+        );
     }
 
     #[test]
@@ -470,10 +478,17 @@ mod tests {
         std::env::remove_var("HERALD_CONFIG");
 
         let from_env = from_env.expect("loads");
-        assert_eq!(from_env.config.as_deref(), Some(file.path()), "HERALD_CONFIG names the file");
+        assert_eq!(
+            from_env.config.as_deref(),
+            Some(file.path()),
+            "HERALD_CONFIG names the file"
+        );
         assert_eq!(from_env.max_follows, 7);
         assert_eq!(from_env.ping_period_sec, 6);
-        assert_eq!(from_env.pong_wait_sec, 30, "the file still fills what the environment leaves");
+        assert_eq!(
+            from_env.pong_wait_sec, 30,
+            "the file still fills what the environment leaves"
+        );
         let from_flag = from_flag.expect("loads");
         assert_eq!(from_flag.max_follows, 9);
         assert_eq!(from_flag.ping_period_sec, 6);
@@ -484,12 +499,16 @@ mod tests {
         let config = load(&[]).expect("loads");
         assert_eq!(config.config, None);
         assert_eq!(config.max_message_bytes, 4096);
-        assert_eq!(config.admin_listen, AdminListen::Addr("127.0.0.1:7351".parse().expect("addr")));
+        assert_eq!(
+            config.admin_listen,
+            AdminListen::Addr("127.0.0.1:7351".parse().expect("addr"))
+        );
     }
 
     #[test]
     fn a_file_may_complete_what_the_flags_started() {
-        let config = load_file("tls_key = \"key.pem\"\n", &["--tls-cert", "cert.pem"]).expect("loads");
+        let config =
+            load_file("tls_key = \"key.pem\"\n", &["--tls-cert", "cert.pem"]).expect("loads");
         assert_eq!(config.tls_cert, Some(PathBuf::from("cert.pem")));
         assert_eq!(config.tls_key, Some(PathBuf::from("key.pem")));
     }
@@ -499,7 +518,9 @@ mod tests {
         let error = file_error("max_mesage_bytes = 4096\n");
         assert!(error.starts_with("config file "), "{error}");
         assert!(
-            error.ends_with(": unknown key \"max_mesage_bytes\" (did you mean \"max_message_bytes\"?)"),
+            error.ends_with(
+                ": unknown key \"max_mesage_bytes\" (did you mean \"max_message_bytes\"?)"
+            ),
             "{error}"
         );
         let error = file_error("colour = \"blue\"\n");
@@ -518,15 +539,29 @@ mod tests {
             "{error}"
         );
         let error = file_error("log_format = \"xml\"\n");
-        assert!(error.ends_with(": invalid value for \"log_format\": expected one of text, json"), "{error}");
+        assert!(
+            error.ends_with(": invalid value for \"log_format\": expected one of text, json"),
+            "{error}"
+        );
         let error = file_error("admin_listen = \"nowhere\"\n");
-        assert!(error.contains("invalid value for \"admin_listen\": expected an address"), "{error}");
+        assert!(
+            error.contains("invalid value for \"admin_listen\": expected an address"),
+            "{error}"
+        );
         let error = file_error("listen = 7350\n");
         assert!(error.contains("invalid value for \"listen\""), "{error}");
         let error = file_error("single_socket = \"yes\"\n");
-        assert!(error.contains("invalid value for \"single_socket\""), "{error}");
+        assert!(
+            error.contains("invalid value for \"single_socket\""),
+            "{error}"
+        );
         let error = file_error("shards = [1, 2]\n");
-        assert!(error.ends_with(": invalid value for \"shards\": expected a string, a number or a boolean"), "{error}");
+        assert!(
+            error.ends_with(
+                ": invalid value for \"shards\": expected a string, a number or a boolean"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
@@ -542,7 +577,9 @@ mod tests {
         assert!(error.contains("line 1"), "{error}");
         match load(&["--config", "/nonexistent/herald.toml"]) {
             Err(error @ LoadError::File { .. }) => assert!(
-                error.to_string().starts_with("config file /nonexistent/herald.toml: cannot read it:"),
+                error
+                    .to_string()
+                    .starts_with("config file /nonexistent/herald.toml: cannot read it:"),
                 "{error}"
             ),
             other => panic!("expected a file error, got {other:?}"),
@@ -551,7 +588,10 @@ mod tests {
 
     #[test]
     fn bad_flags_are_still_clap_errors() {
-        assert!(matches!(load(&["--max-follows", "many"]), Err(LoadError::Args(_))));
+        assert!(matches!(
+            load(&["--max-follows", "many"]),
+            Err(LoadError::Args(_))
+        ));
         assert!(matches!(load(&["--help"]), Err(LoadError::Args(_))));
         assert!(matches!(load(&["--version"]), Err(LoadError::Args(_))));
     }
@@ -567,14 +607,16 @@ mod tests {
             }
             let documented = example.lines().any(|line| {
                 let line = line.trim_start_matches('#').trim_start();
-                line.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+                line.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
             });
             assert!(documented, "{key} is missing from herald.example.toml");
         }
         let from_example = load_file(example, &[]).expect("the example loads");
         let defaults = load(&[]).expect("defaults load");
         let mut from_example_text = format!("{from_example:?}");
-        from_example_text = from_example_text.replace(&format!("{:?}", from_example.config), "None");
+        from_example_text =
+            from_example_text.replace(&format!("{:?}", from_example.config), "None");
         assert_eq!(from_example_text, format!("{defaults:?}"));
     }
 }

@@ -112,7 +112,8 @@ pub async fn status(engine: &EngineHandle, query: Option<&str>) -> Response<Body
         Ok(users) => users,
         Err(error) => return error.into_response(),
     };
-    let Ok(statuses) = tokio::time::timeout(SHARD_ANSWER_TIMEOUT, engine.query_status(&users)).await
+    let Ok(statuses) =
+        tokio::time::timeout(SHARD_ANSWER_TIMEOUT, engine.query_status(&users)).await
     else {
         return unavailable(messages::SHARDS_TIMED_OUT);
     };
@@ -150,15 +151,20 @@ fn parse_user_ids(query: Option<&str>) -> Result<Vec<UserId>, RestError> {
                 continue; // `user_ids=`: an empty list
             }
             if users.len() == MAX_STATUS_USERS {
-                return Err(RestError::InvalidArgument(messages::TOO_MANY_USER_IDS.into()));
+                return Err(RestError::InvalidArgument(
+                    messages::TOO_MANY_USER_IDS.into(),
+                ));
             }
-            let user = UserId::parse(id)
-                .ok_or_else(|| RestError::InvalidArgument(format!("Invalid user ID: {id:?}.").into()))?;
+            let user = UserId::parse(id).ok_or_else(|| {
+                RestError::InvalidArgument(format!("Invalid user ID: {id:?}.").into())
+            })?;
             users.push(user);
         }
     }
     if !present {
-        return Err(RestError::InvalidArgument(messages::USER_IDS_REQUIRED.into()));
+        return Err(RestError::InvalidArgument(
+            messages::USER_IDS_REQUIRED.into(),
+        ));
     }
     Ok(users)
 }
@@ -262,7 +268,10 @@ mod tests {
         assert_eq!(text, [b, a, b]);
         let repeated = parse_user_ids(Some(&format!("user_ids={a}&user_ids={b}"))).expect("parses");
         assert_eq!(repeated.len(), 2);
-        assert_eq!(parse_user_ids(Some("user_ids=")).expect("parses"), Vec::new());
+        assert_eq!(
+            parse_user_ids(Some("user_ids=")).expect("parses"),
+            Vec::new()
+        );
     }
 
     #[test]
@@ -273,10 +282,15 @@ mod tests {
         let a = "3a3c2b53-8f2f-4c43-9a3e-2f1f0e6b1a01";
         assert!(parse_user_ids(Some(&format!("user_ids={a},,{a}"))).is_err());
         let many = vec![a; MAX_STATUS_USERS].join(",");
-        assert_eq!(parse_user_ids(Some(&format!("user_ids={many}"))).map(|u| u.len()), Ok(1000));
+        assert_eq!(
+            parse_user_ids(Some(&format!("user_ids={many}"))).map(|u| u.len()),
+            Ok(1000)
+        );
         assert_eq!(
             parse_user_ids(Some(&format!("user_ids={many},{a}"))),
-            Err(RestError::InvalidArgument(messages::TOO_MANY_USER_IDS.into()))
+            Err(RestError::InvalidArgument(
+                messages::TOO_MANY_USER_IDS.into()
+            ))
         );
     }
 }

@@ -193,9 +193,7 @@ mod tests {
         let stats = engine.shard_stats(1);
         stats.closed(CloseKind::Kicked);
         stats.auth(AuthResult::Created);
-        stats
-            .fanout
-            .record(std::time::Duration::from_micros(300));
+        stats.fanout.record(std::time::Duration::from_micros(300));
         stats.fanout.record(std::time::Duration::from_secs(5));
         encode(&registry(engine), openmetrics).expect("encodes")
     }
@@ -220,7 +218,10 @@ mod tests {
             "herald_shard_inbox_depth{shard=\"1\"} 0",
             "# TYPE herald_fanout_seconds histogram",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line:?} missing in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
         }
     }
 
@@ -234,7 +235,10 @@ mod tests {
             "herald_fanout_seconds_bucket{le=\"+Inf\"} 2",
             "herald_fanout_seconds_count 2",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line:?} missing in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing in\n{text}"
+            );
         }
     }
 

@@ -218,26 +218,29 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> Response<Body>
         "/metrics" if get => metrics_response(state, &request),
         "/v2/status" if method == Method::GET => {
             let query = request.uri().query();
-            if let Err(refused) = backend::check_http_key(query, request.headers(), &state.http_key) {
+            if let Err(refused) = backend::check_http_key(query, request.headers(), &state.http_key)
+            {
                 return *refused;
             }
             match ready_engine(state) {
-                Ok(engine) => backend::status(engine, query).await,
-                Err(response) => response,
+                Some(engine) => backend::status(engine, query).await,
+                None => backend::unavailable(backend::messages::NOT_READY),
             }
         }
         "/healthz" | "/readyz" | "/metrics" | "/v2/status" => method_not_allowed(),
         _ => match disconnect_target(&path) {
             Some(session_id) if method == Method::POST => {
                 let session_id = session_id.to_owned();
-                if let Err(refused) =
-                    backend::check_http_key(request.uri().query(), request.headers(), &state.http_key)
-                {
+                if let Err(refused) = backend::check_http_key(
+                    request.uri().query(),
+                    request.headers(),
+                    &state.http_key,
+                ) {
                     return *refused;
                 }
                 match ready_engine(state) {
-                    Ok(engine) => backend::disconnect(engine, &session_id, request).await,
-                    Err(response) => response,
+                    Some(engine) => backend::disconnect(engine, &session_id, request).await,
+                    None => backend::unavailable(backend::messages::NOT_READY),
                 }
             }
             Some(_) => method_not_allowed(),
@@ -253,12 +256,9 @@ fn disconnect_target(path: &str) -> Option<&str> {
         .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
-/// The engine, if it serves and is not shutting down; else the 503 to send.
-fn ready_engine(state: &AdminState) -> Result<&EngineHandle, Response<Body>> {
-    match state.engine() {
-        Some(engine) if !engine.is_shutting_down() => Ok(engine),
-        _ => Err(backend::unavailable(backend::messages::NOT_READY)),
-    }
+/// The engine, if it serves and is not shutting down.
+fn ready_engine(state: &AdminState) -> Option<&EngineHandle> {
+    state.engine().filter(|engine| !engine.is_shutting_down())
 }
 
 fn metrics_response(state: &AdminState, request: &Request<Incoming>) -> Response<Body> {

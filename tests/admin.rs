@@ -546,3 +546,45 @@ fn single_socket_replacements_count_as_kicked() {
     drop((first, second));
     server.shutdown();
 }
+
+#[test]
+fn a_follower_that_stops_reading_is_cut_off_as_a_slow_consumer() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::for_tests(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        data.path().to_path_buf(),
+    );
+    config.outgoing_queue_bytes = 64 * 1024;
+    config.shards = 2;
+    let server = Server::start(config).expect("server starts");
+    let (listen, admin) = (server.local_addr(), server.admin_addr().expect("admin"));
+    let (token_a, user_a) = authenticate(listen, "custom-alice", "alice");
+    let (token_b, _) = authenticate(listen, "custom-bob-1", "bob");
+    let mut alice = Socket::connect(listen, &token_a, false);
+    let mut bob = Socket::connect_small_buffer(listen, &token_b);
+    bob.follow(&user_a);
+    // Bob reads nothing from here on. Alice reads her own events (inside
+    // update_status), so only bob's queue grows: socket buffers first, then
+    // his outbox, until it passes 64 KiB.
+    let status = "x".repeat(1024);
+    let mut updates = 0;
+    loop {
+        for _ in 0..100 {
+            alice.update_status(&format!("{updates} {status}"));
+            updates += 1;
+        }
+        let text = scrape(admin);
+        if metric(
+            &text,
+            "herald_sessions_closed_total{reason=\"slow_consumer\"}",
+        ) == 1.0
+        {
+            assert_eq!(metric(&text, "herald_sessions"), 1.0, "alice stays");
+            assert_eq!(metric(&text, "herald_follow_edges"), 0.0);
+            break;
+        }
+        assert!(updates < 50_000, "bob was never cut off:\n{text}");
+    }
+    drop((alice, bob));
+    server.shutdown();
+}

@@ -164,7 +164,26 @@ pub struct Socket {
 impl Socket {
     /// Opens `/ws` with `token`; `appear_online` adds `status=true`.
     pub fn connect(addr: SocketAddr, token: &str, appear_online: bool) -> Socket {
-        let mut stream = TcpStream::connect(addr).expect("connect");
+        let stream = TcpStream::connect(addr).expect("connect");
+        Socket::handshake(stream, addr, token, appear_online)
+    }
+
+    /// As [`Socket::connect`], with a receive buffer of a few KiB: a client
+    /// that stops reading backs up into the server quickly.
+    pub fn connect_small_buffer(addr: SocketAddr, token: &str) -> Socket {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        socket.connect(&addr.into()).expect("connect");
+        Socket::handshake(socket.into(), addr, token, false)
+    }
+
+    fn handshake(
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        token: &str,
+        appear_online: bool,
+    ) -> Socket {
         stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
         stream.set_nodelay(true).expect("nodelay");
         let request = format!(

@@ -1,21 +1,26 @@
 //! [`Server`]: starting and stopping a whole Herald: account store, shards,
 //! listeners. `main` and the integration tests both go through here.
 //!
-//! Start-up order: open the account store (and read the user directory),
-//! bind the listeners (so a busy port fails fast), start the shards (each
-//! loads its slice of the directory, then starts accepting). Shutdown order:
-//! stop accepting and close every session with 1001 (shards), wait for them
-//! within the grace period, then flush and close the account store.
+//! Start-up order: start the admin listener (so a bad address fails first,
+//! and `/healthz` answers while the rest starts; `/readyz` says 503), open
+//! the account store (and read the user directory), bind the listeners (so a
+//! busy port fails fast), start the shards (each loads its slice of the
+//! directory, then starts accepting), and only then mark the server ready.
+//! Shutdown order: `/readyz` turns 503, the shards stop accepting and close
+//! every session with 1001, wait for them within the grace period, then the
+//! account store is flushed and closed, and the admin listener stops last.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Context;
 
+use crate::admin::{AdminListener, AdminState};
 use crate::auth::{AccountStore, Tokens};
-use crate::config::Config;
+use crate::config::{AdminListen, Config};
 use crate::engine::{Engine, EngineConfig, EngineHandle, ShardContext};
 use crate::transport::{listener, tls, ServerState};
 
@@ -24,6 +29,8 @@ pub struct Server {
     engine: Engine,
     accounts: AccountStore,
     local_addr: SocketAddr,
+    /// `None` with `--admin-listen off`.
+    admin: Option<AdminListener>,
 }
 
 impl Server {
@@ -34,6 +41,15 @@ impl Server {
             (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key must be given together"),
+        };
+        // Dropped (and so stopped) if anything below fails.
+        let admin_state = Arc::new(AdminState::new(config.http_key.clone()));
+        let admin = match config.admin_listen {
+            AdminListen::Off => None,
+            AdminListen::Addr(addr) => Some(
+                AdminListener::start(addr, admin_state.clone())
+                    .with_context(|| format!("cannot listen on --admin-listen {addr}"))?,
+            ),
         };
         let (accounts, known) = AccountStore::open(&config.data_dir).with_context(|| {
             format!(
@@ -101,11 +117,18 @@ impl Server {
         for _ in 0..engine.handle().router().shards() {
             ready_rx.recv().context("a shard failed to start")?;
         }
+        admin_state.serve(engine.handle().clone());
         Ok(Server {
             engine,
             accounts,
             local_addr,
+            admin,
         })
+    }
+
+    /// The admin listener's address (the real port when 0 was asked), unless it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminListener::local_addr)
     }
 
     /// The address the listeners are bound to (the real port when 0 was asked).
@@ -118,15 +141,30 @@ impl Server {
         self.engine.handle()
     }
 
-    /// Stops accepting, closes every session with 1001, waits for the shards
-    /// (bounded by their grace period), then closes the account store.
+    /// Marks the server not ready, stops accepting, closes every session with
+    /// 1001, waits for the shards (bounded by their grace period), closes the
+    /// account store, and stops the admin listener.
     pub fn shutdown(self) {
-        self.engine.handle().begin_shutdown();
+        let began = Instant::now();
+        let handle = self.engine.handle();
+        tracing::info!(
+            sessions = handle.stats().sessions,
+            grace_sec = handle.config().shutdown_grace.as_secs_f64(),
+            "shutdown begins: not ready, closing every session"
+        );
+        handle.begin_shutdown();
         self.engine.join();
         match tokio::runtime::Builder::new_current_thread().build() {
             Ok(runtime) => runtime.block_on(self.accounts.shutdown()),
             Err(error) => tracing::error!(%error, "cannot close the account store cleanly"),
         }
+        if let Some(admin) = self.admin {
+            admin.stop();
+        }
+        tracing::info!(
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "shutdown complete"
+        );
     }
 }
 

@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use herald::auth::{AccountStore, IdKind, Tokens, Vars};
-use herald::engine::EngineHandle;
+use herald::engine::stats::ShardStats;
+use herald::engine::{Engine, EngineConfig};
 use herald::ids::UserId;
 use herald::transport::rest::{self, RestContext};
 
@@ -28,6 +29,8 @@ const MAX_BODY: usize = 1024;
 struct Server {
     addr: SocketAddr,
     ctx: Arc<RestContext>,
+    /// One shard, so that `register_user` is answered; it has no listener.
+    _engine: Engine,
     _dir: tempfile::TempDir,
 }
 
@@ -47,6 +50,15 @@ async fn route(ctx: &RestContext, req: Request<hyper::body::Incoming>) -> Respon
 async fn start() -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let (accounts, _) = AccountStore::open(dir.path()).expect("open store");
+    let engine = Engine::start(
+        EngineConfig {
+            pin_threads: false,
+            ..EngineConfig::default()
+        },
+        Arc::new(Vec::new()),
+        Arc::new(|_: &_| {}),
+    )
+    .expect("engine");
     let ctx = Arc::new(RestContext {
         tokens: Arc::new(Tokens::new(
             "defaultencryptionkey",
@@ -56,8 +68,9 @@ async fn start() -> Server {
         )),
         accounts,
         server_key: "defaultkey".into(),
-        engine: EngineHandle {},
+        engine: engine.handle().clone(),
         max_body_bytes: MAX_BODY,
+        stats: Arc::new(ShardStats::default()),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -79,6 +92,7 @@ async fn start() -> Server {
     Server {
         addr,
         ctx,
+        _engine: engine,
         _dir: dir,
     }
 }

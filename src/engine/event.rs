@@ -34,6 +34,8 @@ pub struct StatusChange {
     created: Instant,
     /// Shards that still have to deliver it; the last one records the fan-out time.
     remaining: AtomicUsize,
+    /// Shards that deliver it, the owner included.
+    shards: usize,
 }
 
 impl StatusChange {
@@ -45,6 +47,7 @@ impl StatusChange {
             frames: [OnceLock::new(), OnceLock::new()],
             created: Instant::now(),
             remaining: AtomicUsize::new(shards.max(1)),
+            shards: shards.max(1),
         }
     }
 
@@ -52,6 +55,11 @@ impl StatusChange {
     /// from the change to its last follower's frame being queued.
     pub fn delivered(&self) -> Option<Duration> {
         (self.remaining.fetch_sub(1, Ordering::AcqRel) == 1).then(|| self.created.elapsed())
+    }
+
+    /// How many shards deliver it, the owner included.
+    pub fn shards(&self) -> usize {
+        self.shards
     }
 
     /// The event's frame in `format`, encoded on the first call for that format.

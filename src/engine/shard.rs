@@ -193,6 +193,16 @@ impl Shard {
         self.index
     }
 
+    /// The session id and user of session `key` while it is registered (for log lines).
+    pub fn session_ids(&self, key: SessionKey) -> Option<(SessionId, UserId)> {
+        let slot = self.slots.get(key.slot as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        let entry = self.entries.get(key.slot as usize)?.as_ref()?;
+        Some((entry.id, entry.user))
+    }
+
     /// Open sessions on this shard.
     pub fn session_count(&self) -> usize {
         self.entries.len() - self.free.len()
@@ -419,6 +429,15 @@ impl Shard {
     /// `Arc` clone and one queue push each.
     pub(super) fn deliver(&self, change: &StatusChange) {
         let Some(followers) = self.followers.followers_of(change.user) else {
+            // No follower here, but this shard still counts as done: the last
+            // shard to deliver records the fan-out time, even when it is not one
+            // that had followers. A change that only its owner delivers and that
+            // nobody follows has no fan-out to time.
+            if let Some(elapsed) = change.delivered() {
+                if change.shards() > 1 {
+                    self.stats.fanout.record(elapsed);
+                }
+            }
             return;
         };
         let local = self.engine.router().shard_of_user(change.user) == self.index;

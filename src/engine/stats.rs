@@ -48,6 +48,38 @@ impl CloseKind {
     }
 }
 
+/// How a REST authenticate call ended, for `herald_auth_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    /// A new account was created.
+    Created = 0,
+    /// An existing account was found.
+    Existing = 1,
+    /// Refused: server key, invalid id or body, account not found, username taken.
+    Rejected = 2,
+    /// The account store or token signing failed.
+    Error = 3,
+}
+
+impl AuthResult {
+    pub const ALL: [AuthResult; 4] = [
+        AuthResult::Created,
+        AuthResult::Existing,
+        AuthResult::Rejected,
+        AuthResult::Error,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthResult::Created => "created",
+            AuthResult::Existing => "existing",
+            AuthResult::Rejected => "rejected",
+            AuthResult::Error => "error",
+        }
+    }
+}
+
 /// One shard's counters (see the module doc). Padded so two shards never share a cache line.
 #[repr(align(128))]
 #[derive(Default)]
@@ -68,6 +100,8 @@ pub struct ShardStats {
     pub write_syscalls: AtomicU64,
     /// Sessions closed, per [`CloseKind`].
     pub closed: [AtomicU64; 6],
+    /// REST authenticate calls served on this shard's thread, per [`AuthResult`].
+    pub auth: [AtomicU64; 4],
     /// Time from a status change to its last follower frame queued.
     pub fanout: Histogram,
 }
@@ -124,6 +158,11 @@ impl ShardStats {
     pub fn closed(&self, kind: CloseKind) {
         self.closed[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts one authenticate call.
+    pub fn auth(&self, result: AuthResult) {
+        self.auth[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A point-in-time sum over all shards.
@@ -137,6 +176,7 @@ pub struct StatsSnapshot {
     pub bytes_written: u64,
     pub write_syscalls: u64,
     pub closed: [u64; 6],
+    pub auth: [u64; 4],
     pub fanout: HistogramSnapshot,
 }
 
@@ -156,6 +196,9 @@ impl StatsSnapshot {
             for (sum, c) in total.closed.iter_mut().zip(&s.closed) {
                 *sum += c.load(r);
             }
+            for (sum, c) in total.auth.iter_mut().zip(&s.auth) {
+                *sum += c.load(r);
+            }
             for (sum, c) in total.fanout.buckets.iter_mut().zip(&s.fanout.buckets) {
                 *sum += c.load(r);
             }
@@ -168,5 +211,10 @@ impl StatsSnapshot {
     /// Sessions closed for `kind`.
     pub fn closed(&self, kind: CloseKind) -> u64 {
         self.closed[kind as usize]
+    }
+
+    /// Authenticate calls that ended with `result`.
+    pub fn auth(&self, result: AuthResult) -> u64 {
+        self.auth[result as usize]
     }
 }

@@ -119,6 +119,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Starts the closing handshake from our side.
     fn begin_close(&mut self, code: u16, reason: &str, kind: CloseKind) {
+        if kind == CloseKind::SlowConsumer && self.registered {
+            // One line per session cut off (a notable event), never per frame.
+            let ids = self.ctx.shard.borrow().session_ids(self.key);
+            tracing::info!(
+                session_id = %ids.map_or(String::new(), |(session, _)| session.to_string()),
+                user_id = %ids.map_or(String::new(), |(_, user)| user.to_string()),
+                limit_bytes = self.ctx.engine.config().outgoing_queue_bytes,
+                "slow consumer disconnected: session outgoing queue full"
+            );
+        }
         self.unregister(kind);
         if kind == CloseKind::SlowConsumer {
             self.outbox.discard_queued();

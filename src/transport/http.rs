@@ -55,6 +55,7 @@ where
         server_key: state.config.server_key.clone(),
         engine: ctx.engine.clone(),
         max_body_bytes: MAX_BODY_BYTES,
+        stats: ctx.stats.clone(),
     });
     let service = service_fn(move |request| {
         let (ctx, state, rest) = (ctx.clone(), state.clone(), rest.clone());

@@ -45,6 +45,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{AccountError, AccountStore, IdKind, Tokens, Vars};
+use crate::engine::stats::{AuthResult, ShardStats};
 use crate::engine::EngineHandle;
 
 /// Nakama's `socket.max_request_size_bytes` default.
@@ -62,6 +63,9 @@ pub struct RestContext {
     pub engine: EngineHandle,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// The counters of the shard thread serving the request: authenticate
+    /// outcomes go to `herald_auth_total{result}`.
+    pub stats: Arc<ShardStats>,
 }
 
 /// Client-visible texts, as Nakama writes them (`server/api.go`
@@ -193,7 +197,7 @@ pub fn error_response(status: StatusCode, grpc_code: i32, message: &str) -> Resp
     response
 }
 
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
     // Serializing these plain structs cannot fail; fall back to an empty object anyway.
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
@@ -238,10 +242,14 @@ pub async fn authenticate(
     kind: IdKind,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    match authenticate_request(ctx, kind, req).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
+    let (response, result) = match authenticate_request(ctx, kind, req).await {
+        Ok((response, true)) => (response, AuthResult::Created),
+        Ok((response, false)) => (response, AuthResult::Existing),
+        Err(error @ RestError::Internal(_)) => (error.into_response(), AuthResult::Error),
+        Err(error) => (error.into_response(), AuthResult::Rejected),
+    };
+    ctx.stats.auth(result);
+    response
 }
 
 /// `POST /v2/account/session/refresh`.
@@ -252,11 +260,12 @@ pub async fn refresh(ctx: &RestContext, req: Request<Incoming>) -> Response<Full
     }
 }
 
+/// The response, and whether the account was created.
 async fn authenticate_request(
     ctx: &RestContext,
     kind: IdKind,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, RestError> {
+) -> Result<(Response<Full<Bytes>>, bool), RestError> {
     let (parts, body) = req.into_parts();
     check_server_key(&parts.headers, &ctx.server_key)?;
     // grpc-gateway order: body, then query, then the handler's checks.
@@ -299,14 +308,15 @@ async fn authenticate_request(
     ctx.engine
         .register_user(account.user_id, &account.username)
         .await;
-    Ok(json_response(
+    let response = json_response(
         StatusCode::OK,
         &SessionBody {
             created: account.created,
             token: &issued.token,
             refresh_token: &issued.refresh_token,
         },
-    ))
+    );
+    Ok((response, account.created))
 }
 
 async fn refresh_request(
@@ -391,7 +401,7 @@ fn basic_auth_user(header: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Compares in time that depends only on the secret's length.
-fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
     let mut diff = given.len() ^ secret.len();
     for (index, expected) in secret.iter().enumerate() {
         let actual = given.get(index).copied().unwrap_or(0);
@@ -404,7 +414,7 @@ fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
 /// Reads the whole body (at most `max` bytes) and parses its first JSON
 /// value, as grpc-gateway's decoder does: an empty body or `null` is `None`,
 /// unknown fields are ignored, anything after the first value is ignored.
-async fn read_json<T: DeserializeOwned>(
+pub(crate) async fn read_json<T: DeserializeOwned>(
     body: Incoming,
     max: usize,
 ) -> Result<Option<T>, RestError> {

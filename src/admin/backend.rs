@@ -187,7 +187,8 @@ pub async fn disconnect(
     let Some(session) = SessionId::parse(session_id) else {
         return RestError::InvalidArgument(messages::SESSION_ID_INVALID.into()).into_response();
     };
-    let body: Option<DisconnectBody> = match read_json(request.into_body(), MAX_BODY_BYTES).await {
+    let (parts, body) = request.into_parts();
+    let body: Option<DisconnectBody> = match read_json(&parts.headers, body, MAX_BODY_BYTES).await {
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };

@@ -269,7 +269,7 @@ async fn authenticate_request(
     let (parts, body) = req.into_parts();
     check_server_key(&parts.headers, &ctx.server_key)?;
     // grpc-gateway order: body, then query, then the handler's checks.
-    let account: Option<AccountBody> = read_json(body, ctx.max_body_bytes).await?;
+    let account: Option<AccountBody> = read_json(&parts.headers, body, ctx.max_body_bytes).await?;
     let query = AuthQuery::parse(parts.uri.query())?;
     let (id, vars) = match account {
         Some(account) => (
@@ -325,7 +325,7 @@ async fn refresh_request(
 ) -> Result<Response<Full<Bytes>>, RestError> {
     let (parts, body) = req.into_parts();
     check_server_key(&parts.headers, &ctx.server_key)?;
-    let request: Option<RefreshBody> = read_json(body, ctx.max_body_bytes).await?;
+    let request: Option<RefreshBody> = read_json(&parts.headers, body, ctx.max_body_bytes).await?;
     let (token, vars) = match request {
         Some(request) => (request.token.unwrap_or_default(), request.vars),
         None => (String::new(), None),
@@ -415,9 +415,11 @@ pub(crate) fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
 /// value, as grpc-gateway's decoder does: an empty body or `null` is `None`,
 /// unknown fields are ignored, anything after the first value is ignored.
 pub(crate) async fn read_json<T: DeserializeOwned>(
+    headers: &hyper::HeaderMap,
     body: Incoming,
     max: usize,
 ) -> Result<Option<T>, RestError> {
+    let encoding = content_encoding(headers)?;
     if body.size_hint().lower() > u64::try_from(max).unwrap_or(u64::MAX) {
         return Err(RestError::BodyTooLarge);
     }
@@ -432,7 +434,56 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
             ));
         }
     };
-    parse_json(&bytes)
+    match encoding {
+        Encoding::Identity => parse_json(&bytes),
+        compressed => parse_json(&inflate(compressed, &bytes, max)?),
+    }
+}
+
+/// A request body's `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Deflate,
+}
+
+fn content_encoding(headers: &hyper::HeaderMap) -> Result<Encoding, RestError> {
+    let Some(value) = headers.get(hyper::header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    match value
+        .to_str()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        Ok("" | "identity") => Ok(Encoding::Identity),
+        Ok("gzip" | "x-gzip") => Ok(Encoding::Gzip),
+        Ok("deflate") => Ok(Encoding::Deflate),
+        _ => Err(RestError::InvalidArgument(
+            "Unsupported Content-Encoding: use gzip, deflate or none".into(),
+        )),
+    }
+}
+
+/// Inflates a compressed body, never past `max` bytes: a compression bomb
+/// is refused with 413 after at most `max` bytes of output, whatever it
+/// claims to hold. (Nakama inflates without a bound.)
+fn inflate(encoding: Encoding, bytes: &[u8], max: usize) -> Result<Vec<u8>, RestError> {
+    use std::io::Read;
+    let reader: Box<dyn Read + '_> = match encoding {
+        Encoding::Gzip => Box::new(flate2::read::GzDecoder::new(bytes)),
+        _ => Box::new(flate2::read::ZlibDecoder::new(bytes)),
+    };
+    let mut out = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    match reader.take(limit).read_to_end(&mut out) {
+        Ok(_) if out.len() > max => Err(RestError::BodyTooLarge),
+        Ok(_) => Ok(out),
+        Err(error) => Err(RestError::InvalidArgument(
+            format!("Could not decompress request body: {error}").into(),
+        )),
+    }
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, RestError> {
@@ -653,6 +704,47 @@ fn validate_username(name: String) -> Result<String, RestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = encoder.write_all(bytes);
+        encoder.finish().unwrap_or_default()
+    }
+
+    #[test]
+    fn gzip_bodies_are_inflated() {
+        let body = br#"{"id":"custom-id-1"}"#;
+        assert_eq!(
+            inflate(Encoding::Gzip, &gzip(body), 1024).ok().as_deref(),
+            Some(&body[..])
+        );
+    }
+
+    #[test]
+    fn a_compression_bomb_stops_at_the_limit() {
+        let bomb = gzip(&vec![b' '; 50 << 20]);
+        assert!(bomb.len() < 256 * 1024);
+        assert!(matches!(
+            inflate(Encoding::Gzip, &bomb, 256 * 1024),
+            Err(RestError::BodyTooLarge)
+        ));
+    }
+
+    #[test]
+    fn unknown_encodings_are_refused() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(
+            hyper::header::CONTENT_ENCODING,
+            hyper::header::HeaderValue::from_static("br"),
+        );
+        assert!(content_encoding(&headers).is_err());
+        headers.insert(
+            hyper::header::CONTENT_ENCODING,
+            hyper::header::HeaderValue::from_static("GZIP"),
+        );
+        assert_eq!(content_encoding(&headers).ok(), Some(Encoding::Gzip));
+    }
 
     fn headers_with(values: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();

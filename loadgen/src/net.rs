@@ -1,0 +1,648 @@
+//! One event loop over many client websockets: mio (epoll, edge-triggered),
+//! one large read buffer per loop, frames parsed in place, no task or
+//! buffer per idle connection beyond a few empty `Vec`s.
+//!
+//! A connection's life: [`Net::open`] binds a source address, starts a
+//! non-blocking connect and queues the HTTP upgrade request; when the socket
+//! becomes writable the request is flushed; the `101` response moves it to
+//! `Open` and [`Handler::on_open`] runs. Text frames go to
+//! [`Handler::on_text`]; server pings are answered with masked pongs; a
+//! server close frame is echoed and reported through [`Handler::on_close`].
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::sys::now_ns;
+use crate::ws::{self, Header, MaskGen};
+
+/// Token of the control waker.
+pub const WAKER: Token = Token(usize::MAX);
+/// Bytes read per `read()`.
+const RBUF: usize = 256 * 1024;
+/// Reads per readiness event before the connection yields to others.
+const MAX_READS_PER_EVENT: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Idle,
+    Connecting,
+    Handshake,
+    Open,
+    Closed,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone)]
+pub enum CloseWhy {
+    /// The server sent a close frame.
+    ServerClose { code: u16, reason: String },
+    /// EOF or a socket error without a close frame.
+    Dropped(String),
+    /// The upgrade was refused or the TCP connect failed.
+    ConnectFailed(String),
+}
+
+/// What the loop tells its owner.
+pub trait Handler {
+    fn on_open(&mut self, _conn: usize, _now: u64) {}
+    fn on_text(&mut self, conn: usize, payload: &[u8], now: u64);
+    fn on_close(&mut self, _conn: usize, _why: &CloseWhy, _now: u64) {}
+}
+
+pub struct Conn {
+    stream: Option<TcpStream>,
+    pub state: State,
+    /// Partial frame (or partial upgrade response) carried between reads.
+    rx: Vec<u8>,
+    /// Bytes not yet accepted by the socket.
+    tx: Vec<u8>,
+    /// A fragmented message being assembled.
+    frag: Vec<u8>,
+    frag_active: bool,
+    /// When the connect started (ns), for connect latency.
+    pub started: u64,
+}
+
+impl Conn {
+    fn new() -> Conn {
+        Conn {
+            stream: None,
+            state: State::Idle,
+            rx: Vec::new(),
+            tx: Vec::new(),
+            frag: Vec::new(),
+            frag_active: false,
+            started: 0,
+        }
+    }
+}
+
+/// Counters of the transport, summed into the report.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct NetStats {
+    pub reads: u64,
+    pub bytes_in: u64,
+    pub frames_in: u64,
+    pub text_in: u64,
+    pub frames_out: u64,
+    pub bytes_out: u64,
+    pub pings: u64,
+    pub server_closes: u64,
+    pub dropped: u64,
+    pub connect_failed: u64,
+    pub protocol_errors: u64,
+    pub opened: u64,
+}
+
+pub struct Net {
+    poll: Poll,
+    events: Events,
+    pub conns: Vec<Conn>,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    mask: MaskGen,
+    server: SocketAddr,
+    host_header: String,
+    /// Connections with unread data left after `MAX_READS_PER_EVENT`.
+    backlog: Vec<usize>,
+    ready: Vec<(usize, bool, bool)>,
+    pub stats: NetStats,
+    pub woken: bool,
+    /// Connections in `Connecting` or `Handshake`.
+    pub in_flight: usize,
+    /// Connections in `Open`.
+    pub open: usize,
+    /// Last upgrade refusal, for the report.
+    pub last_connect_error: Option<String>,
+}
+
+impl Net {
+    pub fn new(n: usize, server: SocketAddr, seed: u64) -> io::Result<Net> {
+        let poll = Poll::new()?;
+        Ok(Net {
+            poll,
+            events: Events::with_capacity(4096),
+            conns: (0..n).map(|_| Conn::new()).collect(),
+            rbuf: vec![0u8; RBUF],
+            wbuf: Vec::with_capacity(4096),
+            mask: MaskGen::new(seed ^ 0x9e37_79b9_7f4a_7c15),
+            server,
+            host_header: server.to_string(),
+            backlog: Vec::new(),
+            ready: Vec::with_capacity(4096),
+            stats: NetStats::default(),
+            woken: false,
+            in_flight: 0,
+            open: 0,
+            last_connect_error: None,
+        })
+    }
+
+    /// Sets the number of connection slots (grows or shrinks the table; shrinking drops connections).
+    pub fn set_conns(&mut self, n: usize) {
+        while self.conns.len() > n {
+            let last = self.conns.len() - 1;
+            self.drop_conn(last, true);
+            self.conns.pop();
+        }
+        while self.conns.len() < n {
+            self.conns.push(Conn::new());
+        }
+    }
+
+    pub fn waker(&self) -> io::Result<Waker> {
+        Waker::new(self.poll.registry(), WAKER)
+    }
+
+    /// Starts connecting `conn` from `source` to `GET path`.
+    pub fn open(&mut self, conn: usize, source: Ipv4Addr, path: &str) -> io::Result<()> {
+        let c = &mut self.conns[conn];
+        if c.state != State::Idle && c.state != State::Closed {
+            return Ok(());
+        }
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+        sock.set_nonblocking(true)?;
+        sock.set_tcp_nodelay(true)?;
+        sock.bind(&SocketAddrV4::new(source, 0).into())?;
+        match sock.connect(&self.server.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(115) || e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        let std: std::net::TcpStream = sock.into();
+        let mut stream = TcpStream::from_std(std);
+        self.poll.registry().register(
+            &mut stream,
+            Token(conn),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        c.stream = Some(stream);
+        c.state = State::Connecting;
+        c.started = now_ns();
+        c.rx.clear();
+        c.tx.clear();
+        c.frag.clear();
+        c.frag_active = false;
+        c.tx.extend_from_slice(b"GET ");
+        c.tx.extend_from_slice(path.as_bytes());
+        c.tx.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        c.tx.extend_from_slice(self.host_header.as_bytes());
+        c.tx.extend_from_slice(
+            b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        );
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Sends one text frame. Returns false if the connection is not open.
+    pub fn send_text(&mut self, conn: usize, payload: &[u8]) -> bool {
+        self.send_frame(conn, ws::OP_TEXT, payload)
+    }
+
+    pub fn send_frame(&mut self, conn: usize, opcode: u8, payload: &[u8]) -> bool {
+        let c = &mut self.conns[conn];
+        if c.state != State::Open {
+            return false;
+        }
+        let key = self.mask.next();
+        self.stats.frames_out += 1;
+        if !c.tx.is_empty() {
+            ws::push_frame(&mut c.tx, opcode, payload, key);
+            return true;
+        }
+        self.wbuf.clear();
+        ws::push_frame(&mut self.wbuf, opcode, payload, key);
+        let Some(stream) = c.stream.as_mut() else {
+            return false;
+        };
+        let mut at = 0;
+        while at < self.wbuf.len() {
+            match stream.write(&self.wbuf[at..]) {
+                Ok(0) => break,
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.stats.bytes_out += at as u64;
+        if at < self.wbuf.len() {
+            c.tx.extend_from_slice(&self.wbuf[at..]);
+        }
+        true
+    }
+
+    /// Closes `conn`: a close frame 1000 first when `graceful`, and with
+    /// `abortive` an RST (SO_LINGER 0) so no TIME_WAIT is left behind.
+    pub fn close(&mut self, conn: usize, graceful: bool, abortive: bool) {
+        if graceful && self.conns[conn].state == State::Open {
+            self.send_frame(conn, ws::OP_CLOSE, &1000u16.to_be_bytes());
+        }
+        self.drop_conn(conn, abortive);
+    }
+
+    fn drop_conn(&mut self, conn: usize, abortive: bool) {
+        let c = &mut self.conns[conn];
+        match c.state {
+            State::Connecting | State::Handshake => self.in_flight -= 1,
+            State::Open => self.open -= 1,
+            _ => {}
+        }
+        c.state = State::Closed;
+        if let Some(mut s) = c.stream.take() {
+            let _ = self.poll.registry().deregister(&mut s);
+            if abortive {
+                let sock = socket2::SockRef::from(&s);
+                let _ = sock.set_linger(Some(Duration::ZERO));
+            } else {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+        }
+        c.rx = Vec::new();
+        c.tx = Vec::new();
+        c.frag = Vec::new();
+    }
+
+    /// Waits up to `timeout` for events and handles them all.
+    pub fn poll_once<H: Handler>(&mut self, h: &mut H, timeout: Duration) -> io::Result<()> {
+        let timeout = if self.backlog.is_empty() {
+            timeout
+        } else {
+            Duration::ZERO
+        };
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let now = now_ns();
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        for ev in self.events.iter() {
+            if ev.token() == WAKER {
+                self.woken = true;
+                continue;
+            }
+            ready.push((
+                ev.token().0,
+                ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                ev.is_writable(),
+            ));
+        }
+        let backlog = std::mem::take(&mut self.backlog);
+        for conn in backlog {
+            self.on_ready(h, conn, true, false, now);
+        }
+        for &(conn, r, w) in &ready {
+            self.on_ready(h, conn, r, w, now);
+        }
+        self.ready = ready;
+        Ok(())
+    }
+
+    fn on_ready<H: Handler>(
+        &mut self,
+        h: &mut H,
+        conn: usize,
+        readable: bool,
+        writable: bool,
+        now: u64,
+    ) {
+        if conn >= self.conns.len() {
+            return;
+        }
+        match self.conns[conn].state {
+            State::Connecting => {
+                let Some(s) = self.conns[conn].stream.as_ref() else {
+                    return;
+                };
+                match s.take_error() {
+                    Ok(Some(e)) | Err(e) => {
+                        self.fail_connect(h, conn, format!("connect: {e}"), now);
+                        return;
+                    }
+                    Ok(None) => {}
+                }
+                match s.peer_addr() {
+                    Ok(_) => {
+                        self.conns[conn].state = State::Handshake;
+                        self.flush(h, conn, now);
+                        if readable {
+                            self.read(h, conn, now);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                        if readable && !writable {
+                            // Refused: readable with an error pending.
+                            self.fail_connect(h, conn, "connect refused".into(), now);
+                        }
+                    }
+                    Err(e) => self.fail_connect(h, conn, format!("connect: {e}"), now),
+                }
+            }
+            State::Handshake | State::Open => {
+                if writable && !self.conns[conn].tx.is_empty() {
+                    self.flush(h, conn, now);
+                }
+                if readable {
+                    self.read(h, conn, now);
+                }
+            }
+            State::Idle | State::Closed => {}
+        }
+    }
+
+    fn fail_connect<H: Handler>(&mut self, h: &mut H, conn: usize, why: String, now: u64) {
+        self.stats.connect_failed += 1;
+        self.last_connect_error = Some(why.clone());
+        self.drop_conn(conn, true);
+        h.on_close(conn, &CloseWhy::ConnectFailed(why), now);
+    }
+
+    fn dropped<H: Handler>(&mut self, h: &mut H, conn: usize, why: String, now: u64) {
+        if self.conns[conn].state == State::Handshake {
+            self.fail_connect(h, conn, why, now);
+            return;
+        }
+        self.stats.dropped += 1;
+        self.drop_conn(conn, true);
+        h.on_close(conn, &CloseWhy::Dropped(why), now);
+    }
+
+    fn flush<H: Handler>(&mut self, h: &mut H, conn: usize, now: u64) {
+        let c = &mut self.conns[conn];
+        let Some(stream) = c.stream.as_mut() else {
+            return;
+        };
+        let mut at = 0;
+        let mut err = None;
+        while at < c.tx.len() {
+            match stream.write(&c.tx[at..]) {
+                Ok(0) => break,
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        self.stats.bytes_out += at as u64;
+        c.tx.drain(..at);
+        if let Some(e) = err {
+            self.dropped(h, conn, format!("write: {e}"), now);
+        }
+    }
+
+    fn read<H: Handler>(&mut self, h: &mut H, conn: usize, now: u64) {
+        for _ in 0..MAX_READS_PER_EVENT {
+            let c = &mut self.conns[conn];
+            let Some(stream) = c.stream.as_mut() else {
+                return;
+            };
+            // A frame larger than the read buffer is read straight into rx.
+            let big = !c.rx.is_empty()
+                && c.state == State::Open
+                && ws::needed(&c.rx).map(|n| n > RBUF / 2).unwrap_or(false);
+            let r = if big {
+                let need = ws::needed(&c.rx).unwrap_or(0);
+                let have = c.rx.len();
+                c.rx.resize(need, 0);
+                let r = stream.read(&mut c.rx[have..]);
+                let got = *r.as_ref().unwrap_or(&0);
+                c.rx.truncate(have + got);
+                r.map(|n| (n, true))
+            } else {
+                stream.read(&mut self.rbuf).map(|n| (n, false))
+            };
+            match r {
+                Ok((0, _)) => {
+                    self.dropped(h, conn, "eof".into(), now);
+                    return;
+                }
+                Ok((n, into_rx)) => {
+                    self.stats.reads += 1;
+                    self.stats.bytes_in += n as u64;
+                    let short = if into_rx {
+                        let c = &mut self.conns[conn];
+                        let rx = std::mem::take(&mut c.rx);
+                        if ws::needed(&rx).map(|x| x == rx.len()).unwrap_or(false) {
+                            self.process(h, conn, &rx, now);
+                        } else {
+                            self.conns[conn].rx = rx;
+                        }
+                        false
+                    } else {
+                        let rbuf = std::mem::take(&mut self.rbuf);
+                        match self.conns[conn].state {
+                            State::Handshake => self.handshake(h, conn, &rbuf[..n], now),
+                            _ => self.process(h, conn, &rbuf[..n], now),
+                        }
+                        self.rbuf = rbuf;
+                        n < RBUF
+                    };
+                    if self.conns[conn].stream.is_none() {
+                        return;
+                    }
+                    if !self.conns[conn].tx.is_empty() {
+                        self.flush(h, conn, now);
+                    }
+                    if short {
+                        // Drained: epoll reports the next arrival as a new edge.
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.dropped(h, conn, format!("read: {e}"), now);
+                    return;
+                }
+            }
+        }
+        self.backlog.push(conn);
+    }
+
+    fn handshake<H: Handler>(&mut self, h: &mut H, conn: usize, data: &[u8], now: u64) {
+        let c = &mut self.conns[conn];
+        c.rx.extend_from_slice(data);
+        let Some(end) = memchr::memmem::find(&c.rx, b"\r\n\r\n") else {
+            if c.rx.len() > 16 * 1024 {
+                self.fail_connect(h, conn, "upgrade response too long".into(), now);
+            }
+            return;
+        };
+        let ok = c.rx.starts_with(b"HTTP/1.1 101");
+        if !ok {
+            let line_end = memchr::memchr(b'\r', &c.rx).unwrap_or(c.rx.len());
+            let line = String::from_utf8_lossy(&c.rx[..line_end.min(64)]).into_owned();
+            self.fail_connect(h, conn, format!("upgrade refused: {line}"), now);
+            return;
+        }
+        let rest = c.rx.split_off(end + 4);
+        c.rx.clear();
+        c.state = State::Open;
+        self.in_flight -= 1;
+        self.open += 1;
+        self.stats.opened += 1;
+        h.on_open(conn, now);
+        if !rest.is_empty() {
+            self.process(h, conn, &rest, now);
+        }
+    }
+
+    /// Parses every complete frame of `rx ++ data`, keeping the tail.
+    fn process<H: Handler>(&mut self, h: &mut H, conn: usize, data: &[u8], now: u64) {
+        let mut pos = 0;
+        if !self.conns[conn].rx.is_empty() {
+            // Complete the frame that spans reads.
+            loop {
+                let rx = &mut self.conns[conn].rx;
+                let need = match ws::needed(rx) {
+                    Ok(n) => n,
+                    Err(()) => return self.protocol_error(h, conn, "frame too long", now),
+                };
+                if rx.len() < need {
+                    let take = (need - rx.len()).min(data.len() - pos);
+                    rx.extend_from_slice(&data[pos..pos + take]);
+                    pos += take;
+                    if rx.len() < need {
+                        return;
+                    }
+                    continue;
+                }
+                // need == rx.len() and the header is known: complete frame.
+                let Ok(Some(hd)) = ws::parse_header(rx) else {
+                    return;
+                };
+                if hd.total() != rx.len() {
+                    continue;
+                }
+                let mut frame = std::mem::take(rx);
+                self.frame(h, conn, hd, &mut frame, now);
+                if self.conns[conn].stream.is_none() {
+                    return;
+                }
+                frame.clear();
+                if self.conns[conn].rx.is_empty() {
+                    self.conns[conn].rx = frame;
+                }
+                break;
+            }
+        }
+        while pos < data.len() {
+            let hd = match ws::parse_header(&data[pos..]) {
+                Ok(Some(hd)) => hd,
+                Ok(None) => break,
+                Err(()) => return self.protocol_error(h, conn, "frame too long", now),
+            };
+            if data.len() - pos < hd.total() {
+                break;
+            }
+            let frame = &data[pos..pos + hd.total()];
+            pos += hd.total();
+            if hd.mask.is_none()
+                && hd.fin
+                && hd.opcode == ws::OP_TEXT
+                && !self.conns[conn].frag_active
+            {
+                // The hot path: one unmasked, unfragmented text frame.
+                self.stats.frames_in += 1;
+                self.stats.text_in += 1;
+                h.on_text(conn, &frame[hd.header_len..], now);
+            } else {
+                let mut owned = frame.to_vec();
+                self.frame(h, conn, hd, &mut owned, now);
+                if self.conns[conn].stream.is_none() {
+                    return;
+                }
+            }
+        }
+        if pos < data.len() {
+            self.conns[conn].rx.extend_from_slice(&data[pos..]);
+        }
+    }
+
+    /// Any frame other than the hot path: control frames, fragments, masked frames.
+    fn frame<H: Handler>(
+        &mut self,
+        h: &mut H,
+        conn: usize,
+        hd: Header,
+        frame: &mut [u8],
+        now: u64,
+    ) {
+        self.stats.frames_in += 1;
+        let payload = &mut frame[hd.header_len..hd.total()];
+        if let Some(key) = hd.mask {
+            self.stats.protocol_errors += 1;
+            ws::apply_mask(payload, key);
+        }
+        match hd.opcode {
+            ws::OP_TEXT | ws::OP_BINARY | ws::OP_CONT => {
+                let c = &mut self.conns[conn];
+                if hd.opcode == ws::OP_CONT && !c.frag_active {
+                    return self.protocol_error(h, conn, "stray continuation", now);
+                }
+                if hd.opcode != ws::OP_CONT && c.frag_active {
+                    return self.protocol_error(
+                        h,
+                        conn,
+                        "new message inside a fragmented one",
+                        now,
+                    );
+                }
+                if hd.opcode == ws::OP_BINARY {
+                    self.stats.protocol_errors += 1;
+                }
+                if hd.fin && !c.frag_active {
+                    self.stats.text_in += 1;
+                    h.on_text(conn, payload, now);
+                    return;
+                }
+                c.frag_active = true;
+                c.frag.extend_from_slice(payload);
+                if hd.fin {
+                    c.frag_active = false;
+                    let msg = std::mem::take(&mut c.frag);
+                    self.stats.text_in += 1;
+                    h.on_text(conn, &msg, now);
+                }
+            }
+            ws::OP_PING => {
+                self.stats.pings += 1;
+                let p = payload.to_vec();
+                self.send_frame(conn, ws::OP_PONG, &p);
+            }
+            ws::OP_PONG => {}
+            ws::OP_CLOSE => {
+                let code = if payload.len() >= 2 {
+                    u16::from_be_bytes([payload[0], payload[1]])
+                } else {
+                    1005
+                };
+                let reason = if payload.len() > 2 {
+                    String::from_utf8_lossy(&payload[2..]).into_owned()
+                } else {
+                    String::new()
+                };
+                self.stats.server_closes += 1;
+                // Echo the close, then drop the socket.
+                self.send_frame(conn, ws::OP_CLOSE, &code.to_be_bytes());
+                self.drop_conn(conn, false);
+                h.on_close(conn, &CloseWhy::ServerClose { code, reason }, now);
+            }
+            _ => self.protocol_error(h, conn, "reserved opcode", now),
+        }
+    }
+
+    fn protocol_error<H: Handler>(&mut self, h: &mut H, conn: usize, what: &str, now: u64) {
+        self.stats.protocol_errors += 1;
+        self.dropped(h, conn, format!("protocol error: {what}"), now);
+    }
+}

@@ -70,6 +70,11 @@ pub struct Common {
     /// Upper bound of every waiting phase, seconds.
     #[arg(long, default_value_t = 120.0)]
     pub phase_timeout: f64,
+    /// After a poll that found fewer than 64 sockets ready, sleep this many µs
+    /// before the next one, so wake-ups carry batches of events. Latencies
+    /// are then measured up to this much late. 0 = wake on every event.
+    #[arg(long, default_value_t = 0)]
+    pub batch_us: u64,
     /// HTTP authenticate threads (without --token-key).
     #[arg(long, default_value_t = 16)]
     pub auth_threads: usize,
@@ -205,6 +210,7 @@ fn unreachable_common() -> &'static Common {
         concurrency: 1,
         phase_timeout: 1.0,
         auth_threads: 1,
+        batch_us: 0,
     })
 }
 

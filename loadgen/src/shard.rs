@@ -186,10 +186,15 @@ pub fn worker_main() -> Result<()> {
     let mut handles = Vec::new();
     let shards = cfg.procs * cfg.threads;
     let sources = proc_sources(cfg.proc_index, common.source_addrs);
+    // A different starting port each run, so a new run does not meet the
+    // server's TIME_WAIT entries of the last one on the same 4-tuples.
+    let port_offset = (crate::users::mix(now_ns() ^ std::process::id() as u64) % 51_000) as u32;
     for t in 0..cfg.threads {
         let shard = cfg.proc_index * cfg.threads + t;
         let (tx, rx) = mpsc::channel();
-        let net = Net::new(0, server, common.seed ^ (shard as u64) << 32)?;
+        let mut net = Net::new(0, server, common.seed ^ (shard as u64) << 32)?;
+        net.batch = Duration::from_micros(common.batch_us);
+        net.set_port_lane(t as u32, cfg.threads as u32, port_offset);
         let waker = Arc::new(net.waker()?);
         senders.push((tx, waker));
         let ctx = Ctx {

@@ -507,14 +507,15 @@ pub fn shard(a: &MeshArgs, mut ctx: Ctx, users_file: Option<String>, soak: bool)
                 };
                 let mut tick_no = 0u64;
                 let mut last_tick = (start, 0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+                let total_local = (duration * rate) as u64;
                 for _ in 0..u64::MAX {
                     let now = now_ns();
-                    if now >= end || ctx.exit {
+                    if (now >= end && sent >= total_local) || ctx.exit {
                         break;
                     }
                     if now >= start && n > 0 {
                         let el = (now - start) as f64 / 1e9;
-                        let due = (el * rate) as u64;
+                        let due = ((el * rate) as u64).min(total_local);
                         while sent < due {
                             let j = order[rr % n];
                             rr += 1;

@@ -73,8 +73,9 @@ pub struct Common {
     /// After a poll that found fewer than 64 sockets ready, sleep this many µs
     /// before the next one, so wake-ups carry batches of events. Latencies
     /// are then measured up to this much late. 0 = wake on every event.
-    #[arg(long, default_value_t = 0)]
-    pub batch_us: u64,
+    /// Default: 300 for fanout (one event per socket per round), else 0.
+    #[arg(long)]
+    pub batch_us: Option<u64>,
     /// HTTP authenticate threads (without --token-key).
     #[arg(long, default_value_t = 16)]
     pub auth_threads: usize,
@@ -210,7 +211,7 @@ fn unreachable_common() -> &'static Common {
         concurrency: 1,
         phase_timeout: 1.0,
         auth_threads: 1,
-        batch_us: 0,
+        batch_us: None,
     })
 }
 

@@ -193,7 +193,12 @@ pub fn worker_main() -> Result<()> {
         let shard = cfg.proc_index * cfg.threads + t;
         let (tx, rx) = mpsc::channel();
         let mut net = Net::new(0, server, common.seed ^ (shard as u64) << 32)?;
-        net.batch = Duration::from_micros(common.batch_us);
+        let default_batch = if matches!(scenario, crate::Scenario::Fanout(_)) {
+            300
+        } else {
+            0
+        };
+        net.batch = Duration::from_micros(common.batch_us.unwrap_or(default_batch).min(100_000));
         net.set_port_lane(t as u32, cfg.threads as u32, port_offset);
         let waker = Arc::new(net.waker()?);
         senders.push((tx, waker));

@@ -38,9 +38,12 @@ pub fn minted_username(seed: u64, i: usize) -> String {
     format!("lm{seed}u{i}")
 }
 
-/// The users of a run: ids for everyone, tokens on demand.
+/// The users of a run: ids for everyone (computed on demand when minted,
+/// so a million-user run holds no table), tokens on demand.
 pub struct UserDir {
+    /// Empty when minted.
     ids: Vec<String>,
+    n: usize,
     tokens: Option<Vec<String>>,
     minter: Option<Tokens>,
     seed: u64,
@@ -50,7 +53,8 @@ impl UserDir {
     /// Offline: ids derived from the seed, tokens minted with `key`.
     pub fn minted(seed: u64, n: usize, key: &str) -> UserDir {
         UserDir {
-            ids: (0..n).map(|i| minted_user_id(seed, i)).collect(),
+            ids: Vec::new(),
+            n,
             tokens: None,
             minter: Some(Tokens::new(
                 key,
@@ -77,6 +81,7 @@ impl UserDir {
             tokens.push(t.to_owned());
         }
         Ok(UserDir {
+            n: ids.len(),
             ids,
             tokens: Some(tokens),
             minter: None,
@@ -84,8 +89,15 @@ impl UserDir {
         })
     }
 
-    pub fn id(&self, i: usize) -> &str {
-        &self.ids[i]
+    pub fn id(&self, i: usize) -> std::borrow::Cow<'_, str> {
+        match self.ids.get(i) {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(minted_user_id(self.seed, i)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
     }
 
     pub fn token(&self, i: usize) -> Result<String> {
@@ -99,7 +111,10 @@ impl UserDir {
             .minter
             .as_ref()
             .ok_or_else(|| anyhow!("no token source"))?;
-        let uid = UserId::parse(&self.ids[i]).ok_or_else(|| anyhow!("bad user id"))?;
+        if i >= self.n {
+            bail!("user {i} out of range");
+        }
+        let uid = UserId::parse(&self.id(i)).ok_or_else(|| anyhow!("bad user id"))?;
         let issued = minter
             .issue(uid, &minted_username(self.seed, i), &Vars::new())
             .map_err(|e| anyhow!("mint: {e}"))?;
@@ -286,6 +301,7 @@ mod tests {
         let d = UserDir::minted(5, 3, "defaultencryptionkey");
         let t = d.token(2).expect("token");
         assert_eq!(token_uid(&t).expect("uid"), d.id(2));
+        assert_eq!(d.len(), 3);
         let tokens = Tokens::new("defaultencryptionkey", "x", 60, 60);
         let claims = tokens.verify_session(&t).expect("verifies");
         assert_eq!(claims.username, "lm5u2");

@@ -369,7 +369,7 @@ pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<
         ..Default::default()
     };
     for i in 0..a.users {
-        m.user_of_id.insert(users.id(i).to_owned(), i);
+        m.user_of_id.insert(users.id(i).into_owned(), i);
     }
     ctx.out.send("ready", Value::Null);
     let cmd = ctx.next_cmd(&mut m, Duration::from_secs(86_400))?;
@@ -511,7 +511,7 @@ pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<
                             msg.push(',');
                         }
                         msg.push('"');
-                        msg.push_str(users.id(*u));
+                        msg.push_str(&users.id(*u));
                         msg.push('"');
                     }
                     msg.push_str(&format!("]}},\"cid\":\"{cid}\"}}"));
@@ -559,7 +559,7 @@ pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<
                             msg.push(',');
                         }
                         msg.push('"');
-                        msg.push_str(users.id(*u));
+                        msg.push_str(&users.id(*u));
                         msg.push('"');
                         if let Some(iv) = s.follows.get_mut(u).and_then(|v| v.last_mut()) {
                             iv.us = Some(us);

@@ -26,6 +26,11 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
         a.common.procs = 1;
         a.common.threads = 1;
     }
+    if let Scenario::Soak(a) = &mut s {
+        if a.report_every <= 0.0 {
+            a.report_every = 10.0;
+        }
+    }
     let c = s.common().clone();
     if c.procs == 0 || c.threads == 0 {
         bail!("--procs and --threads must be at least 1");
@@ -141,11 +146,15 @@ pub fn run_shard(s: Scenario, ctx: Ctx, users_file: Option<String>) -> Result<()
 }
 
 pub fn user_dir(c: &Common, n: usize, users_file: &Option<String>) -> Result<UserDir> {
-    match (&c.token_key, users_file) {
-        (Some(k), _) => Ok(UserDir::minted(c.seed, n, k)),
-        (None, Some(f)) => UserDir::from_file(f, c.seed),
+    let dir = match (&c.token_key, users_file) {
+        (Some(k), _) => UserDir::minted(c.seed, n, k),
+        (None, Some(f)) => UserDir::from_file(f, c.seed)?,
         (None, None) => bail!("no token source"),
+    };
+    if dir.len() < n {
+        bail!("{} users known, {n} needed", dir.len());
     }
+    Ok(dir)
 }
 
 pub fn phase_timeout(c: &Common) -> Duration {

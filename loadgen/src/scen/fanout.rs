@@ -203,7 +203,6 @@ pub fn shard(a: &FanoutArgs, mut ctx: Ctx, users_file: Option<String>) -> Result
         users.id(0)
     );
     drop(users);
-    let followers = n - usize::from(leader.is_some());
     let rounds = a.rounds as usize;
     let mut h = H {
         leader,
@@ -265,7 +264,12 @@ pub fn shard(a: &FanoutArgs, mut ctx: Ctx, users_file: Option<String>) -> Result
                     ctx.net.send_text(l, &scratch);
                 }
                 let deadline = now_ns() + (a.round_timeout.clamp(0.1, 3600.0) * 1e9) as u64;
-                let expected = followers as u32;
+                // Followers whose connection is open (a failed connect is reported, not waited for).
+                let expected = (0..n)
+                    .filter(|&j| {
+                        Some(j) != leader && ctx.net.conns[j].state == crate::net::State::Open
+                    })
+                    .count() as u32;
                 ctx.run_until(&mut h, deadline, |_, h| {
                     k >= h.got.len() || h.got[k] >= expected
                 })?;

@@ -65,6 +65,7 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
     let scenario_json = serde_json::to_value(&s)?;
     let mut cluster = Cluster::spawn(&scenario_json, c.procs, c.threads, users_file.clone())?;
     let probe = Probe { pid: c.server_pid };
+    probe.settle();
     let server_before = probe.snap();
     let cpu_before = cluster.cpu_ns();
     let result = match &s {
@@ -182,6 +183,27 @@ impl Probe {
                 "fds": sys::open_fds(pid),
             }),
             None => Value::Null,
+        }
+    }
+
+    /// Waits (at most 30 s) until the server's open descriptors stop
+    /// falling: sockets of a previous run may still be closing.
+    pub fn settle(&self) {
+        let Some(pid) = self.pid else { return };
+        let mut last = sys::open_fds(pid).unwrap_or(0);
+        let mut stable = 0;
+        for _ in 0..300 {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = sys::open_fds(pid).unwrap_or(0);
+            if now >= last {
+                stable += 1;
+                if stable >= 5 {
+                    return;
+                }
+            } else {
+                stable = 0;
+            }
+            last = now;
         }
     }
 

@@ -713,3 +713,133 @@ impl Net {
         self.dropped(h, conn, format!("protocol error: {what}"), now);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The event loop against a scripted websocket server on loopback:
+    //! frames split at every awkward boundary, 16- and 64-bit lengths, a
+    //! fragmented message, a ping (answered with a masked pong) and a close.
+
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Rec {
+        opened: usize,
+        texts: Vec<Vec<u8>>,
+        closes: Vec<String>,
+    }
+
+    impl Handler for Rec {
+        fn on_open(&mut self, _conn: usize, _now: u64) {
+            self.opened += 1;
+        }
+        fn on_text(&mut self, _conn: usize, payload: &[u8], _now: u64) {
+            self.texts.push(payload.to_vec());
+        }
+        fn on_close(&mut self, _conn: usize, why: &CloseWhy, _now: u64) {
+            self.closes.push(format!("{why:?}"));
+        }
+    }
+
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
+        let n = payload.len();
+        if n < 126 {
+            v.push(n as u8);
+        } else if n <= 65535 {
+            v.push(126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            v.push(127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn frames_split_across_reads_are_reassembled() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let big = vec![b'b'; 300_000]; // larger than half the read buffer: read straight into rx
+        let mid = vec![b'm'; 300];
+        let (big_s, mid_s) = (big.clone(), mid.clone());
+        let server = std::thread::spawn(move || {
+            let (big, mid) = (big_s, mid_s);
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).expect("read request");
+                assert!(n > 0);
+                req.extend_from_slice(&buf[..n]);
+            }
+            let mut out = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+            out.extend(frame(true, ws::OP_TEXT, b"first"));
+            out.extend(frame(true, ws::OP_TEXT, &mid));
+            out.extend(frame(true, ws::OP_PING, b"hi"));
+            out.extend(frame(false, ws::OP_TEXT, b"frag-"));
+            out.extend(frame(true, ws::OP_CONT, b"ment"));
+            out.extend(frame(true, ws::OP_TEXT, &big));
+            out.extend(frame(true, ws::OP_TEXT, b"last"));
+            // Dribble it out in odd-sized pieces.
+            let mut at = 0;
+            let mut step = 1;
+            while at < out.len() {
+                let end = (at + step).min(out.len());
+                s.write_all(&out[at..end]).expect("write");
+                s.flush().expect("flush");
+                at = end;
+                step = step * 3 % 997 + 1;
+                if step < 50 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            // The pong comes back masked.
+            let mut pong = [0u8; 8];
+            s.read_exact(&mut pong).expect("pong");
+            assert_eq!(pong[0], 0x80 | ws::OP_PONG);
+            assert_eq!(pong[1], 0x80 | 2);
+            let key = [pong[2], pong[3], pong[4], pong[5]];
+            let mut body = [pong[6], pong[7]];
+            ws::apply_mask(&mut body, key);
+            assert_eq!(&body, b"hi");
+            s.write_all(&frame(true, ws::OP_CLOSE, b"\x03\xe8bye"))
+                .expect("close");
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        });
+        let mut net = Net::new(1, addr, 7).expect("net");
+        let mut rec = Rec::default();
+        net.open(0, Ipv4Addr::new(127, 0, 0, 1), "/ws?token=x")
+            .expect("open");
+        let deadline = now_ns() + 10_000_000_000;
+        while rec.closes.is_empty() && now_ns() < deadline {
+            net.poll_once(&mut rec, Duration::from_millis(20))
+                .expect("poll");
+        }
+        server.join().expect("server thread");
+        assert_eq!(rec.opened, 1);
+        assert_eq!(
+            rec.texts.len(),
+            5,
+            "{:?}",
+            rec.texts.iter().map(|t| t.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(rec.texts[0], b"first");
+        assert_eq!(rec.texts[1], mid);
+        assert_eq!(rec.texts[2], b"frag-ment");
+        assert_eq!(rec.texts[3], big);
+        assert_eq!(rec.texts[4], b"last");
+        assert_eq!(net.stats.pings, 1);
+        assert_eq!(net.stats.protocol_errors, 0);
+        assert!(
+            rec.closes[0].contains("1000") && rec.closes[0].contains("bye"),
+            "{:?}",
+            rec.closes
+        );
+    }
+}

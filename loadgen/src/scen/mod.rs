@@ -93,13 +93,14 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
             .cloned()
             .unwrap_or(Value::Null),
     );
+    let failed = result.as_ref().err().map(|e| format!("{e:#}"));
     match result {
         Ok(Value::Object(m)) => out.extend(m),
         Ok(v) => {
             out.insert("result".into(), v);
         }
-        Err(e) => {
-            out.insert("error".into(), json!(format!("{e:#}")));
+        Err(_) => {
+            out.insert("error".into(), json!(failed));
         }
     }
     out.insert(
@@ -120,7 +121,10 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
     }
     println!("{}", Value::Object(out));
     fin?;
-    Ok(())
+    match failed {
+        Some(e) => bail!("{e}"),
+        None => Ok(()),
+    }
 }
 
 fn scenario_name(s: &Scenario) -> &'static str {

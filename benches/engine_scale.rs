@@ -70,12 +70,35 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// CPU time (ns) of the engine's shard threads so far, from their schedstat:
+/// beside the wall time, it shows the work when the machine is busy.
+fn shard_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.starts_with("herald-shard"))
+        })
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// Starts the engine with `users` known users (0..users).
 fn start(shards: usize, users: usize) -> Engine {
     let directory: Vec<(UserId, Option<Arc<str>>)> =
         (0..users as u64).map(|i| (user(i), None)).collect();
     let config = EngineConfig {
         shards,
+        // No keepalive pings during a run: a ping would take the waker a
+        // round registered, and its sweep would compete with the rounds.
+        ping_period_sec: 3600,
+        pong_wait_sec: 7200,
         ..EngineConfig::default()
     };
     let on_start: ShardStart = Arc::new(|_| {});
@@ -166,15 +189,29 @@ fn fanout(options: &Options) {
     });
     let leader_key = rx.recv().expect("leader connected");
 
-    let wakes = Arc::new(WakeCounter::default());
-    let waker = Waker::from(wakes.clone());
+    // One waker per follower, as each connection has its own writer task:
+    // a wake touches that follower's own memory, not one shared counter.
+    let wakes: Vec<Arc<WakeCounter>> = (0..followers.len())
+        .map(|_| Arc::new(WakeCounter::default()))
+        .collect();
+    let wakers: Vec<Waker> = wakes.iter().map(|w| Waker::from(w.clone())).collect();
+    let leader_waker = Waker::from(Arc::new(WakeCounter::default()));
+    let count_wakes = || -> u64 {
+        wakes
+            .iter()
+            .map(|w| w.0.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
     let mut times = Vec::new();
+    let mut cpu_times = Vec::new();
     for round in 0..options.rounds {
-        for outbox in followers.iter().chain([&leader_outbox]) {
-            drain(outbox, &waker);
+        for (outbox, waker) in followers.iter().zip(&wakers) {
+            drain(outbox, waker);
         }
-        let wakes_before = wakes.0.load(std::sync::atomic::Ordering::Relaxed);
+        drain(&leader_outbox, &leader_waker);
+        let wakes_before = count_wakes();
         let target = handle.stats().deliveries + options.sessions as u64;
+        let cpu_before = shard_cpu_ns();
         let started = Instant::now();
         handle.run_on(owner, move |ctx| {
             ctx.shard
@@ -185,7 +222,8 @@ fn fanout(options: &Options) {
             handle.stats().deliveries >= target
         });
         let elapsed = started.elapsed();
-        let woken = wakes.0.load(std::sync::atomic::Ordering::Relaxed) - wakes_before;
+        cpu_times.push((shard_cpu_ns() - cpu_before) as f64 / 1e6);
+        let woken = count_wakes() - wakes_before;
         assert!(
             woken >= options.sessions as u64,
             "every follower's writer was woken ({woken})"
@@ -193,15 +231,17 @@ fn fanout(options: &Options) {
         times.push(elapsed.as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
+    cpu_times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "{{\"bench\":\"engine_scale/fanout\",\"sessions\":{},\"shards\":{},\"rounds\":{},\"median_ms\":{:.2},\"min_ms\":{:.2},\"max_ms\":{:.2}}}",
+        "{{\"bench\":\"engine_scale/fanout\",\"sessions\":{},\"shards\":{},\"rounds\":{},\"median_ms\":{:.2},\"min_ms\":{:.2},\"max_ms\":{:.2},\"median_shard_cpu_ms\":{:.2}}}",
         options.sessions,
         options.shards,
         options.rounds,
         median,
         times[0],
-        times[times.len() - 1]
+        times[times.len() - 1],
+        cpu_times[cpu_times.len() / 2]
     );
     handle.begin_shutdown();
     engine.join();

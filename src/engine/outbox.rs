@@ -5,6 +5,14 @@
 //! session, and the flag that says a request of this session is still being
 //! answered by other shards.
 //!
+//! A frame pushed while nothing else is pending (the common case for an idle
+//! follower) goes to a one-frame slot in the outbox itself instead of the
+//! queue: the fan-out loop then touches only the outbox's first cache line,
+//! and an idle connection never allocates a queue block. "Nothing pending"
+//! is read from the byte count, which covers queued frames and frames the
+//! writer holds until they are fully written, so the slot is only used when
+//! the queue is empty and every earlier frame is out: order is kept.
+//!
 //! Producers are the shard threads (events, replies, pings); the single
 //! consumer is the connection's writer. With thread-per-core shards both
 //! normally run on the session's home shard, but nothing here depends on
@@ -19,7 +27,7 @@
 //! closed with a reason.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 
 use atomic_waker::AtomicWaker;
@@ -53,26 +61,35 @@ pub enum Push {
 }
 
 /// The per-connection outbound queue and control flags (see the module doc).
+///
+/// Laid out for the fan-out loop, which touches a million of these per
+/// change: every field a push reads or writes sits in the first cache line
+/// (`repr(C)` keeps the order), the rarely used close cause after them, and
+/// the queue, whose head and tail are cache-padded, last.
+#[repr(C)]
 pub struct Outbox {
-    /// Frames in the order they must be written.
-    queue: SegQueue<Frame>,
     /// Bytes pushed and not yet written to the socket (queued or held by the writer).
     queued_bytes: AtomicUsize,
     /// The byte bound.
     limit: usize,
-    /// The session's wire format; decides which encoding of an event it gets.
-    format: Format,
     /// The connection task's waker, woken when there is something to do.
     waker: AtomicWaker,
+    /// Engine clock (seconds) when the client last proved it is alive.
+    last_heard: AtomicU32,
+    /// The session's wire format; decides which encoding of an event it gets.
+    format: Format,
     /// Set once a close was requested; pushes are refused from then on.
     closing: AtomicBool,
-    /// Why the session is closing, when the engine asked for it.
-    cause: OnceLock<CloseCause>,
     /// True while a request of this session waits for other shards. The
     /// connection reads no further requests until the shard clears it.
     request_pending: AtomicBool,
-    /// Engine clock (seconds) when the client last proved it is alive.
-    last_heard: AtomicU32,
+    /// The next frame to write, when it was pushed with nothing pending
+    /// (see the module doc). Read before the queue.
+    slot: Mutex<Option<Frame>>,
+    /// Why the session is closing, when the engine asked for it.
+    cause: OnceLock<CloseCause>,
+    /// Frames in the order they must be written, after the slot's.
+    queue: SegQueue<Frame>,
 }
 
 impl Outbox {
@@ -88,6 +105,7 @@ impl Outbox {
             cause: OnceLock::new(),
             request_pending: AtomicBool::new(false),
             last_heard: AtomicU32::new(now),
+            slot: Mutex::new(None),
         }
     }
 
@@ -95,6 +113,14 @@ impl Outbox {
     #[inline]
     pub fn format(&self) -> Format {
         self.format
+    }
+
+    /// Loads the line a [`push`](Outbox::push) to an idle session touches
+    /// (flags, byte count, slot, waker), so that a loop over many outboxes
+    /// can start their cache misses together before it pushes to any.
+    #[inline]
+    pub fn prefetch(&self) {
+        std::hint::black_box(self.closing.load(Ordering::Relaxed));
     }
 
     /// Queues `frame` and schedules the writer, unless that would pass the
@@ -105,7 +131,7 @@ impl Outbox {
             return Push::Closed;
         }
         let len = frame.len();
-        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         // An empty queue takes any one frame: a single reply (say, a large
         // snapshot) is never refused for its own size.
         if before > 0 && before + len > self.limit {
@@ -116,7 +142,18 @@ impl Outbox {
                 Push::Closed
             };
         }
-        self.queue.push(frame);
+        if before == 0 {
+            // Nothing pending: the slot is free (see the module doc).
+            let mut slot = self.slot();
+            match slot.as_ref() {
+                None => *slot = Some(frame),
+                // Unreachable while the byte count is honest; the queue
+                // still keeps the order if it ever is not.
+                Some(_) => self.queue.push(frame),
+            }
+        } else {
+            self.queue.push(frame);
+        }
         self.waker.wake();
         Push::Queued
     }
@@ -155,13 +192,22 @@ impl Outbox {
     /// Takes the next frame to write.
     #[inline]
     pub fn pop(&self) -> Option<Frame> {
-        self.queue.pop()
+        self.slot().take().or_else(|| self.queue.pop())
+    }
+
+    /// The one-frame slot. A panic while it was held cannot leave it
+    /// half-written (it is a plain `Option`), so a poisoned lock is used as is.
+    #[inline]
+    fn slot(&self) -> MutexGuard<'_, Option<Frame>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records that `bytes` of popped frames reached the socket (or were discarded at close).
     #[inline]
     pub fn written(&self, bytes: usize) {
-        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.queued_bytes.fetch_sub(bytes, Ordering::Release);
     }
 
     /// Bytes pushed and not yet written.
@@ -172,7 +218,7 @@ impl Outbox {
     /// Drops every queued frame (used when a slow consumer is cut off).
     pub fn discard_queued(&self) {
         let mut bytes = 0;
-        while let Some(frame) = self.queue.pop() {
+        while let Some(frame) = self.pop() {
             bytes += frame.len();
         }
         self.written(bytes);
@@ -237,6 +283,36 @@ mod tests {
             assert_eq!(outbox.pop().as_ref(), Some(f));
         }
         assert_eq!(outbox.pop(), None);
+    }
+
+    #[test]
+    fn order_holds_across_the_slot_and_the_queue() {
+        let outbox = Outbox::new(Format::Json, 1 << 20, 0);
+        let (a, b, c, d) = (frame(1), frame(2), frame(3), frame(4));
+        outbox.push(a.clone()); // nothing pending: the slot
+        outbox.push(b.clone()); // the queue
+        assert_eq!(outbox.pop().as_ref(), Some(&a));
+        // `a` is popped but not yet written: `c` must queue behind `b`.
+        outbox.push(c.clone());
+        outbox.written(a.len());
+        assert_eq!(outbox.pop().as_ref(), Some(&b));
+        assert_eq!(outbox.pop().as_ref(), Some(&c));
+        assert_eq!(outbox.pop(), None);
+        outbox.written(b.len() + c.len());
+        // Everything written: the slot again.
+        outbox.push(d.clone());
+        assert_eq!(outbox.pop().as_ref(), Some(&d));
+        assert_eq!(outbox.pop(), None);
+    }
+
+    #[test]
+    fn discarding_empties_the_slot_too() {
+        let outbox = Outbox::new(Format::Json, 1 << 20, 0);
+        outbox.push(frame(5));
+        outbox.push(frame(6));
+        outbox.discard_queued();
+        assert_eq!(outbox.pop(), None);
+        assert_eq!(outbox.queued_bytes(), 0);
     }
 
     #[test]

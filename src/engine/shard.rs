@@ -32,6 +32,9 @@ use super::outbox::{CloseCause, Outbox, Push};
 use super::stats::ShardStats;
 use super::status_query::UserStatus;
 use super::EngineHandle;
+
+/// Followers handled per batch in the fan-out loop (see [`Shard::deliver`]).
+const FANOUT_BATCH: usize = 32;
 use crate::ids::{SessionId, UserId};
 use crate::protocol::errors::close_reason;
 use crate::protocol::{Frame, Notification, Presence, Reply, ReplyBody, StatusPresenceEvent};
@@ -443,30 +446,46 @@ impl Shard {
         let local = self.engine.router().shard_of_user(change.user) == self.index;
         let mut frames: [Option<Frame>; 2] = [None, None];
         let mut delivered = 0u64;
+        let mut push_all = |batch: &[Option<&Outbox>]| {
+            for outbox in batch.iter().flatten() {
+                let format = outbox.format();
+                let frame = frames[format as usize].get_or_insert_with(|| {
+                    // Another shard's change: take a shard-local copy of the
+                    // encoded bytes, so the reference count this loop bumps per
+                    // follower never bounces between cores.
+                    let shared = change.frame(format);
+                    if local {
+                        shared.clone()
+                    } else {
+                        shared.copied()
+                    }
+                });
+                if outbox.push(frame.clone()) == Push::Queued {
+                    delivered += 1;
+                }
+            }
+        };
+        // Followers go in batches: look up and touch a whole batch of
+        // outboxes first, so their cache misses overlap, then push to each.
+        let mut batch: [Option<&Outbox>; FANOUT_BATCH] = [None; FANOUT_BATCH];
+        let mut len = 0;
         followers.for_each(|slot| {
             let Some(outbox) = self
                 .slots
                 .get(slot as usize)
-                .and_then(|s| s.outbox.as_ref())
+                .and_then(|s| s.outbox.as_deref())
             else {
                 return;
             };
-            let format = outbox.format();
-            let frame = frames[format as usize].get_or_insert_with(|| {
-                // Another shard's change: take a shard-local copy of the
-                // encoded bytes, so the reference count this loop bumps per
-                // follower never bounces between cores.
-                let shared = change.frame(format);
-                if local {
-                    shared.clone()
-                } else {
-                    shared.copied()
-                }
-            });
-            if outbox.push(frame.clone()) == Push::Queued {
-                delivered += 1;
+            outbox.prefetch();
+            batch[len] = Some(outbox);
+            len += 1;
+            if len == FANOUT_BATCH {
+                push_all(&batch);
+                len = 0;
             }
         });
+        push_all(&batch[..len]);
         ShardStats::add(&self.stats.deliveries, delivered);
         if let Some(elapsed) = change.delivered() {
             self.stats.fanout.record(elapsed);

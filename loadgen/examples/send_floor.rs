@@ -1,0 +1,83 @@
+//! The kernel's floor for one small write per loopback TCP socket: what a
+//! fan-out to N followers costs the sender before any server code runs.
+//!
+//! Opens `N` connected loopback pairs in this process, then for each of
+//! `ROUNDS` rounds writes one `BYTES`-byte message to every accepted socket
+//! (`TCP_NODELAY`, as Herald sets) and measures the writing thread's CPU time
+//! (`RUSAGE_THREAD`, user + system) across those writes. The reading sides
+//! are drained between rounds, outside the measurement. On loopback the
+//! receiver's TCP processing (and its immediate ACK) runs inside the
+//! sender's `write`, so this is the per-delivery cost a server pays however
+//! lean its own code is.
+//!
+//! `cargo run --release -p loadgen --example send_floor -- [N] [ROUNDS] [BYTES]`
+//! (defaults 9900 10 200; N is capped by the open-file limit: 2 descriptors
+//! per pair). Prints one JSON line.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Instant;
+
+/// CPU time (user + system) of the calling thread, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is a valid, writable rusage; getrusage fills it and
+    // only reads the `who` constant.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn arg(index: usize, default: usize) -> usize {
+    std::env::args()
+        .nth(index)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> std::io::Result<()> {
+    let (pairs, rounds, bytes) = (arg(1, 9_900), arg(2, 10).max(1), arg(3, 200).max(1));
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let mut readers = Vec::with_capacity(pairs);
+    let mut writers = Vec::with_capacity(pairs);
+    for _ in 0..pairs {
+        let reader = TcpStream::connect(addr)?;
+        let (writer, _) = listener.accept()?;
+        writer.set_nodelay(true)?;
+        reader.set_nonblocking(true)?;
+        readers.push(reader);
+        writers.push(writer);
+    }
+    let message = vec![b'x'; bytes];
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut cpu = 0.0;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let before = thread_cpu_seconds();
+        for writer in &mut writers {
+            writer.write_all(&message)?;
+        }
+        cpu += thread_cpu_seconds() - before;
+        for reader in &mut readers {
+            loop {
+                match reader.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    let writes = (pairs * rounds) as f64;
+    println!(
+        "{{\"bench\":\"send_floor\",\"sockets\":{pairs},\"rounds\":{rounds},\"bytes\":{bytes},\"cpu_us_per_write\":{:.2},\"wall_s\":{:.2}}}",
+        cpu / writes * 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -195,6 +195,18 @@ impl Outbox {
         self.slot().take().or_else(|| self.queue.pop())
     }
 
+    /// Takes the next frame to write, if any is pending beyond the `held`
+    /// bytes the writer already took and has not written yet. When nothing
+    /// is, this reads only the outbox's first cache line: no lock, and not
+    /// the queue's head and tail.
+    #[inline]
+    pub fn pop_beyond(&self, held: usize) -> Option<Frame> {
+        if self.queued_bytes.load(Ordering::Acquire) <= held {
+            return None;
+        }
+        self.pop()
+    }
+
     /// The one-frame slot. A panic while it was held cannot leave it
     /// half-written (it is a plain `Option`), so a poisoned lock is used as is.
     #[inline]

@@ -82,7 +82,11 @@ impl WriteQueue {
                     bytes += frame.len() - skip;
                 }
                 while iov.len() + batch.len() < MAX_IOVECS && bytes < MAX_BATCH_BYTES {
-                    let Some(frame) = outbox.pop() else { break };
+                    // `bytes` is what this writer holds unwritten: only
+                    // more than that means another frame is pending.
+                    let Some(frame) = outbox.pop_beyond(bytes) else {
+                        break;
+                    };
                     bytes += frame.len();
                     batch.push(frame);
                 }

@@ -15,8 +15,19 @@ fn main() {
     println!("cargo:rustc-env=HERALD_GIT_COMMIT={commit}");
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
         println!("cargo:rerun-if-changed={dir}/HEAD");
-        if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={dir}/{reference}");
+    }
+    // Branch refs live in the common dir (not a worktree's own git dir), as a
+    // loose file or in packed-refs. Watching a path that does not exist would
+    // rerun this script, and rebuild the crate, on every cargo command.
+    if let (Some(common), Some(reference)) = (
+        git(&["rev-parse", "--git-common-dir"]),
+        git(&["symbolic-ref", "-q", "HEAD"]),
+    ) {
+        let loose = format!("{common}/{reference}");
+        if std::path::Path::new(&loose).exists() {
+            println!("cargo:rerun-if-changed={loose}");
+        } else {
+            println!("cargo:rerun-if-changed={common}/packed-refs");
         }
     }
     println!("cargo:rerun-if-changed=build.rs");

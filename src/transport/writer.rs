@@ -111,8 +111,12 @@ impl WriteQueue {
                     ShardStats::add(&stats.write_syscalls, 1);
                     ShardStats::add(&stats.bytes_written, written as u64);
                     outbox.written(written);
-                    self.held.extend(batch);
-                    self.consume(written);
+                    let batch_bytes: usize = batch.iter().map(Frame::len).sum();
+                    if !(self.held.is_empty() && written == batch_bytes) {
+                        // Something is left to write: keep it, in order.
+                        self.held.extend(batch);
+                        self.consume(written);
+                    }
                 }
             }
         }

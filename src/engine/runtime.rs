@@ -205,14 +205,31 @@ async fn drain_inbox(ctx: Rc<ShardContext>) {
     }
 }
 
-/// Once a second: websocket pings and pong deadlines.
+/// Sessions visited per keepalive chunk. The sweep yields to the shard's
+/// other tasks between chunks, so a shard with half a million sessions does
+/// not hold back deliveries for the whole sweep.
+const KEEPALIVE_CHUNK: usize = 4096;
+
+/// Once a second: websocket pings and pong deadlines, swept in chunks.
 async fn keepalive(ctx: Rc<ShardContext>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = ctx.engine.now();
-        isolate("keepalive", || ctx.shard.borrow_mut().keepalive(now));
+        let mut from = Some(0);
+        while let Some(start) = from {
+            from = None;
+            isolate("keepalive", || {
+                from = ctx
+                    .shard
+                    .borrow_mut()
+                    .keepalive(now, start, KEEPALIVE_CHUNK);
+            });
+            if from.is_some() {
+                tokio::task::yield_now().await;
+            }
+        }
     }
 }
 

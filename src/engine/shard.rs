@@ -738,12 +738,18 @@ impl Shard {
         }
     }
 
-    /// Keepalive, run once a second: queues a websocket ping to every session
-    /// due for one, and closes sessions silent for longer than the pong wait.
-    pub fn keepalive(&mut self, now: u32) {
+    /// Keepalive, run once a second in chunks of sessions: for the sessions
+    /// in slots `from..` (at most `count` of them), queues a websocket ping
+    /// to each one due for one and closes those silent for longer than the
+    /// pong wait. Returns the slot to start the next chunk at, or `None`
+    /// once every slot was visited.
+    pub fn keepalive(&mut self, now: u32, from: usize, count: usize) -> Option<usize> {
         let config = self.engine.config();
         let (period, wait) = (config.ping_period_sec, config.pong_wait_sec);
-        for (slot, entry) in self.slots.iter().zip(self.entries.iter_mut()) {
+        let end = from.saturating_add(count).min(self.slots.len());
+        let slots = self.slots.get(from..end).unwrap_or_default();
+        let entries = self.entries.get_mut(from..end).unwrap_or_default();
+        for (slot, entry) in slots.iter().zip(entries) {
             let (Some(outbox), Some(entry)) = (&slot.outbox, entry) else {
                 continue;
             };
@@ -754,6 +760,7 @@ impl Shard {
                 let _ = outbox.push(self.ping.clone());
             }
         }
+        (end < self.slots.len()).then_some(end)
     }
 }
 

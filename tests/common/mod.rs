@@ -765,8 +765,9 @@ impl RawClient {
                 Ok(Err(_)) | Ok(Ok(0)) => {
                     assert!(
                         self.buf.is_empty(),
-                        "connection ended inside a frame: {:?}",
-                        self.buf
+                        "connection ended inside a frame: {} bytes left, ending in {:?}",
+                        self.buf.len(),
+                        String::from_utf8_lossy(&self.buf[self.buf.len().saturating_sub(120)..])
                     );
                     return Ok(None);
                 }

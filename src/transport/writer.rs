@@ -43,12 +43,17 @@ impl WriteQueue {
         }
     }
 
-    /// Drops the frames held here, releasing their bytes from the outbox bound.
+    /// Drops the frames held here, releasing their bytes from the outbox
+    /// bound. A frame already partly written is kept: it must be finished,
+    /// or whatever follows it (the close frame) would be read as its payload.
     pub fn discard(&mut self, outbox: &Outbox) {
-        let bytes: usize = self.held.iter().map(Frame::len).sum::<usize>() - self.offset;
+        let started = if self.offset > 0 { self.held.pop_front() } else { None };
+        let bytes: usize = self.held.iter().map(Frame::len).sum();
         outbox.written(bytes);
         self.held = VecDeque::new();
-        self.offset = 0;
+        if let Some(frame) = started {
+            self.held.push_back(frame);
+        }
     }
 
     /// Writes until everything (outbox, then the close frame) is out or the

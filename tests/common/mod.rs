@@ -52,7 +52,8 @@ pub struct TestServer {
     server: Option<Server>,
     pub addr: SocketAddr,
     pub config: Config,
-    _dir: tempfile::TempDir,
+    /// The data directory; removed when the server is dropped.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -69,13 +70,37 @@ impl TestServer {
         config.shards = 2;
         config.log_level = "warn".into();
         tweak(&mut config);
+        TestServer::run(config, dir)
+    }
+
+    fn run(config: Config, dir: tempfile::TempDir) -> TestServer {
         let server = Server::start(config.clone()).expect("the server starts");
         let addr = server.local_addr();
         TestServer {
             server: Some(server),
             addr,
             config,
-            _dir: dir,
+            dir: Some(dir),
+        }
+    }
+
+    /// Shuts the server down and starts a new one on the same data
+    /// directory and settings (on a new port).
+    pub fn restart(mut self) -> TestServer {
+        self.stop();
+        let dir = self.dir.take().expect("the data directory");
+        TestServer::run(self.config.clone(), dir)
+    }
+
+    /// Shuts the server down, waiting for it.
+    fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            // `shutdown` blocks (and runs a runtime of its own), so it runs on
+            // a plain thread, never on the test's runtime.
+            let done = std::thread::spawn(move || server.shutdown()).join();
+            if done.is_err() && !std::thread::panicking() {
+                panic!("server shutdown panicked");
+            }
         }
     }
 
@@ -167,14 +192,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            // `shutdown` blocks (and runs a runtime of its own), so it runs on
-            // a plain thread, never on the test's runtime.
-            let done = std::thread::spawn(move || server.shutdown()).join();
-            if done.is_err() && !std::thread::panicking() {
-                panic!("server shutdown panicked");
-            }
-        }
+        self.stop();
     }
 }
 

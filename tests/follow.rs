@@ -558,3 +558,82 @@ async fn a_follow_misses_no_change_made_after_its_snapshot_across_shards() {
             .expect("a follower saw every change in order");
     }
 }
+
+#[tokio::test]
+async fn a_snapshot_gathers_users_from_every_shard() {
+    let server = TestServer::start_with(|c| c.shards = 4);
+    let follower_user = server.user("follower").await;
+    let mut sessions = Vec::new();
+    let mut ids = Vec::new();
+    let mut shards = std::collections::HashSet::new();
+    for i in 0..100 {
+        let user = server.user(&format!("u{i}")).await;
+        shards.insert(server.engine().router().shard_of_user(user.user_id()));
+        let mut session = server.connect(&user, false).await;
+        session.set_status("1", &format!("status of u{i}")).await;
+        ids.push(user.id.clone());
+        sessions.push((user, session));
+    }
+    assert_eq!(shards.len(), 4, "the users cover every shard");
+    // 100 canonical ids fit in one 4096-byte message.
+    let mut follower = server.connect(&follower_user, false).await;
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let snapshot = follower.follow("1", &id_refs).await;
+    assert_eq!(snapshot.len(), 100);
+    for (user, _) in &sessions {
+        let presence = snapshot
+            .iter()
+            .find(|p| p["user_id"] == user.id.as_str())
+            .unwrap_or_else(|| panic!("{} missing", user.username));
+        assert_presence(presence, user, &format!("status of {}", user.username));
+    }
+    // And every one of them is followed.
+    for (user, session) in &mut sessions {
+        session.set_status("2", "changed").await;
+        let event = follower.recv_event().await;
+        assert_update(
+            &event,
+            user,
+            &format!("status of {}", user.username),
+            "changed",
+        );
+    }
+}
+
+#[tokio::test]
+async fn follows_from_several_sessions_of_one_shard_are_counted_apart() {
+    // Owner shard 0 sends a user's changes to shard 1 while any session there
+    // follows it: one unfollow or disconnect must not stop the others' events.
+    let server = TestServer::start();
+    let owner = server.user_on_shard("owner", 0).await;
+    let first_user = server.user_on_shard("first", 1).await;
+    let second_user = server.user_on_shard("second", 1).await;
+    let mut writer = server.connect(&owner, false).await;
+    let mut first = server.connect(&first_user, false).await;
+    let mut second = server.connect(&second_user, false).await;
+    let mut also_first = server.connect(&first_user, false).await;
+    first.follow("1", &[&owner.id]).await;
+    second.follow("1", &[&owner.id]).await;
+    also_first.follow("1", &[&owner.id]).await;
+
+    writer.set_status("1", "a").await;
+    for client in [&mut first, &mut second, &mut also_first] {
+        assert_join(&client.recv_event().await, &owner, "a");
+    }
+    first
+        .request(json!({"status_unfollow": {"user_ids": [owner.id]}, "cid": "2"}))
+        .await;
+    drop(also_first);
+    wait_until("one follow edge left", || server.stats().follow_edges == 1).await;
+    writer.set_status("2", "b").await;
+    assert_update(&second.recv_event().await, &owner, "a", "b");
+    first.expect_silence().await;
+
+    // The last follower leaves, then a new follow starts the flow again.
+    drop(second);
+    wait_until("no follow edge left", || server.stats().follow_edges == 0).await;
+    writer.set_status("3", "c").await;
+    first.follow("4", &[&owner.id]).await;
+    writer.set_status("5", "d").await;
+    assert_update(&first.recv_event().await, &owner, "c", "d");
+}

@@ -51,6 +51,8 @@ async fn malformed_payloads_close_the_session_without_an_envelope() {
         r#"{"status_follow":{"user_ids":[],"userIds":[]}}"#,
         r#"{"cid":"1","cid":"2","ping":{}}"#,
         r#"{"ping":{},"ping":{}}"#,
+        r#"{"status_update":{"status":"a","status":"b"}}"#,
+        r#"{"status_follow":{"usernames":["a"],"usernames":["b"]}}"#,
         r#"{"status_update":{"status":5}}"#,
         r#"{"status_update":{"status":true}}"#,
         r#"{"status_update":{"status":{"value":"x"}}}"#,
@@ -61,6 +63,10 @@ async fn malformed_payloads_close_the_session_without_an_envelope() {
         r#"{"ping":[]}"#,
         r#"{"ping":{"x":1}}"#,
         r#"{"STATUS_UPDATE":{}}"#,
+        "\u{feff}{\"ping\":{}}",
+        "{\"ping\":{}}\u{0}",
+        r#"{"status_follow":{"usernames":[1]}}"#,
+        r#"{"status_follow":{"usernames":"alice"}}"#,
     ];
     for (i, payload) in payloads.iter().enumerate() {
         let mut client = session(&server).await;
@@ -223,6 +229,13 @@ async fn messages_over_max_message_bytes_close_with_1009() {
         .await;
     client
         .send_raw(&client_frame(0x80 | OP_CONTINUATION, tail.as_bytes(), true))
+        .await;
+    assert_eq!(client.expect_close().await.0, 1009);
+
+    // A huge declared length is refused from the header alone.
+    let mut client = session(&server).await;
+    client
+        .send_raw(&[0x81, 0xff, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4])
         .await;
     assert_eq!(client.expect_close().await.0, 1009);
 
@@ -455,6 +468,14 @@ async fn websocket_protocol_violations_close_with_1002() {
         (
             "close code 5000",
             client_frame(0x80 | OP_CLOSE, &5000u16.to_be_bytes(), true),
+        ),
+        (
+            "64-bit length with the high bit set",
+            [
+                &[0x81u8, 0xff, 0x80, 0, 0, 0, 0, 0, 0, 1][..],
+                &[1, 2, 3, 4],
+            ]
+            .concat(),
         ),
     ];
     for (what, bytes) in violations {

@@ -359,3 +359,122 @@ async fn an_open_socket_outlives_its_token() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn no_subprotocol_is_selected() {
+    let server = TestServer::start();
+    let user = server.user("alice").await;
+    let target = format!("/ws?token={}", user.token);
+    let stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let client = RawClient::handshake(
+        stream,
+        &target,
+        &[("Sec-WebSocket-Protocol", "nakama, json")],
+    )
+    .await;
+    assert!(client.is_ok(), "{:?}", client.err());
+    // tungstenite checks the 101 in full; asking for no protocol must get none.
+    let mut session = server.connect(&user, false).await;
+    session.assert_open("1").await;
+}
+
+#[tokio::test]
+async fn frames_sent_together_with_the_handshake_are_not_lost() {
+    // Whichever shard accepts the socket, it moves to the user's home shard
+    // with the bytes already read; with two shards both paths are taken.
+    let server = TestServer::start();
+    for i in 0..12 {
+        let user = server.user(&format!("early{i}")).await;
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let request = format!(
+            "GET /ws?status=true&token={} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            user.token
+        );
+        let mut bytes = request.into_bytes();
+        bytes.extend(client_frame(
+            0x80 | OP_TEXT,
+            br#"{"ping":{},"cid":"early"}"#,
+            true,
+        ));
+        bytes.extend(client_frame(0x80 | OP_PING, b"early ping", true));
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &bytes)
+            .await
+            .expect("send");
+        let mut client = RawClient::handshake_sent(stream).await.expect("upgrade");
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let frame = client.next_data().await;
+            seen.push(match frame.opcode {
+                OP_PONG => format!("pong {}", String::from_utf8_lossy(&frame.payload)),
+                _ => frame.text(),
+            });
+        }
+        // The join and the replies may interleave; the replies keep their order.
+        assert!(
+            seen.contains(&r#"{"cid":"early","pong":{}}"#.to_string()),
+            "{seen:?}"
+        );
+        assert!(seen.contains(&"pong early ping".to_string()), "{seen:?}");
+        assert!(
+            seen.iter()
+                .any(|s| s.starts_with(r#"{"status_presence_event""#)),
+            "{seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_session_with_1001() {
+    let server = TestServer::start();
+    let alice = server.user("alice").await;
+    let mut library = server.connect(&alice, false).await;
+    let mut raw = server.raw(&alice, false, "").await;
+    let shutdown = tokio::task::spawn_blocking(move || drop(server));
+    let (code, _) = raw.expect_close().await;
+    assert_eq!(code, 1001);
+    assert!(matches!(
+        library.recv().await,
+        Received::Close(Some((1001, _)))
+    ));
+    shutdown.await.expect("the server shut down");
+}
+
+#[tokio::test]
+async fn browser_style_upgrade_headers_are_accepted_and_bad_versions_refused() {
+    let server = TestServer::start();
+    let user = server.user("alice").await;
+    let target = format!("/ws?token={}", user.token);
+    // Firefox sends "Connection: keep-alive, Upgrade"; case does not matter.
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://example.test\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("send");
+    let mut client = RawClient::handshake_sent(stream).await.expect("upgrade");
+    client.send_text(r#"{"ping":{},"cid":"1"}"#).await;
+    assert_eq!(client.next_data().await.text(), r#"{"cid":"1","pong":{}}"#);
+
+    // An unsupported version is refused before the upgrade.
+    let request = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("send");
+    let refused = RawClient::handshake_sent(stream)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status, 400, "{refused:?}");
+}

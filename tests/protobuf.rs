@@ -447,3 +447,37 @@ async fn the_format_name_is_case_sensitive() {
         );
     }
 }
+
+#[tokio::test]
+async fn repeated_fields_and_oneof_members_merge_like_go_proto_unmarshal() {
+    let server = TestServer::start();
+    let alice = server.user("alice").await;
+    let mut client = protobuf_session(&server, &alice, false).await;
+    // The last cid wins; of two oneof members the last wins (pong: no reply).
+    client
+        .send(OP_BINARY, b"\x0a\x011\x0a\x012\x82\x02\x00\x8a\x02\x00")
+        .await;
+    client.expect_silence().await;
+    client
+        .send(OP_BINARY, b"\x0a\x011\x0a\x012\x8a\x02\x00\x82\x02\x00")
+        .await;
+    assert_eq!(recv_bytes(&mut client).await, b"\x0a\x012\x8a\x02\x00");
+
+    // A present-but-empty StringValue is an empty status; an absent one is offline.
+    client
+        .send(OP_BINARY, b"\x0a\x013\xea\x01\x02\x0a\x00")
+        .await;
+    assert_eq!(recv_bytes(&mut client).await, b"\x0a\x013");
+    let event = recv_event(&mut client).await;
+    assert_eq!(event.joins.len(), 1);
+    assert_eq!(
+        event.joins[0].status,
+        Some(StringValue {
+            value: String::new()
+        })
+    );
+    client.send(OP_BINARY, b"\x0a\x014\xea\x01\x00").await;
+    assert_eq!(recv_bytes(&mut client).await, b"\x0a\x014");
+    let event = recv_event(&mut client).await;
+    assert_eq!((event.joins.len(), event.leaves.len()), (0, 1));
+}

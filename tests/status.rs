@@ -433,3 +433,25 @@ async fn an_app_level_pong_is_accepted_and_ignored() {
     session.expect_silence().await;
     session.assert_open("2").await;
 }
+
+#[tokio::test]
+async fn presences_carry_the_token_username_exactly() {
+    let server = TestServer::start();
+    let bob = server.user("bob").await;
+    let mut follower = server.connect(&bob, false).await;
+    // "jösé <&> ü" percent-encoded in the authenticate query.
+    let odd = authenticate(
+        server.addr,
+        "custom-odd-name",
+        "j%C3%B6s%C3%A9%20%3C%26%3E%20%C3%BC",
+    )
+    .await;
+    assert_eq!(odd.username, "jösé <&> ü");
+    follower.follow("1", &[&odd.id]).await;
+    let mut session = server.connect(&odd, true).await;
+    session.recv_event().await;
+    let raw = follower.recv_text().await;
+    assert!(raw.contains(r#""username":"jösé <&> ü""#), "{raw}");
+    let event: serde_json::Value = serde_json::from_str(&raw).expect("JSON");
+    assert_join(&event["status_presence_event"], &odd, "");
+}

@@ -687,7 +687,11 @@ impl RawClient {
             .write_all(request.as_bytes())
             .await
             .expect("send handshake");
+        RawClient::handshake_sent(stream).await
+    }
 
+    /// Reads the reply to a handshake the caller already wrote.
+    pub async fn handshake_sent(mut stream: TcpStream) -> Result<RawClient, HttpReply> {
         let mut buf = Vec::new();
         let head_end = loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -744,6 +748,12 @@ impl RawClient {
                 .iter()
                 .any(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions")),
             "no extension may be negotiated: {head}"
+        );
+        assert!(
+            !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-protocol")),
+            "no subprotocol may be selected: {head}"
         );
         Ok(RawClient { stream, buf: rest })
     }

@@ -175,3 +175,27 @@ async fn a_follower_that_stops_reading_is_closed_and_the_others_get_everything()
     writer_session.assert_open("2").await;
     assert_eq!(server.stats().closed(CloseKind::SlowConsumer), 1);
 }
+
+#[tokio::test]
+async fn a_frame_larger_than_the_whole_bound_still_reaches_a_reader_that_keeps_up() {
+    // Nakama bounds its queue in messages, so one big message always fits.
+    // Here the bound is in bytes: a single event (two 2048-byte statuses) or
+    // snapshot bigger than all of it must still go to a session whose queue
+    // is empty, or no client could ever receive it.
+    let server = TestServer::start_with(|c| c.outgoing_queue_bytes = 4096);
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let big = |c: char| c.to_string().repeat(2048);
+    let mut phone = server.connect(&alice, false).await;
+    phone.set_status("1", &big('a')).await;
+    let mut desktop = server.connect(&alice, false).await;
+    desktop.set_status("1", &big('b')).await;
+    phone.recv_event().await;
+
+    let mut follower = server.connect(&bob, false).await;
+    let snapshot = follower.follow("1", &[&alice.id]).await;
+    assert_eq!(snapshot.len(), 2);
+    phone.set_status("2", &big('c')).await;
+    assert_update(&follower.recv_event().await, &alice, &big('a'), &big('c'));
+    assert_update(&desktop.recv_event().await, &alice, &big('a'), &big('c'));
+    assert_eq!(server.stats().closed(CloseKind::SlowConsumer), 0);
+}

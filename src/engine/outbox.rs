@@ -10,8 +10,9 @@
 //! normally run on the session's home shard, but nothing here depends on
 //! that: every field is atomic, so any thread may push or request a close.
 //!
-//! The queue is bounded in **bytes** (`--outgoing-queue-bytes`). A push that
-//! would exceed the bound is refused and closes *this* session with
+//! The queue is bounded in **bytes** (`--outgoing-queue-bytes`). A push made
+//! while the bytes already queued reach the bound is refused and closes
+//! *this* session with
 //! `session outgoing queue full`; the caller counts it. Nothing is ever
 //! dropped silently: a session either receives every frame in order, or it is
 //! closed with a reason.
@@ -103,8 +104,12 @@ impl Outbox {
             return Push::Closed;
         }
         let len = frame.len();
-        let queued = self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
-        if queued > self.limit {
+        // The bound is on what is already queued, so a frame of any size is
+        // taken while the session is below it: one snapshot or event larger
+        // than the bound must still reach a client that keeps up (Nakama
+        // bounds its queue in messages, so one message always fits there).
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        if before >= self.limit {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return if self.close(CloseCause::SlowConsumer) {
                 Push::Overflowed
@@ -236,13 +241,22 @@ mod tests {
     }
 
     #[test]
-    fn passing_the_byte_bound_closes_the_session_once() {
+    fn reaching_the_byte_bound_closes_the_session_once() {
         let outbox = Outbox::new(Format::Json, 100, 0);
         assert_eq!(outbox.push(frame(60)), Push::Queued);
-        assert_eq!(outbox.push(frame(60)), Push::Overflowed);
+        assert_eq!(outbox.push(frame(60)), Push::Queued);
+        assert_eq!(outbox.push(frame(1)), Push::Overflowed);
         assert_eq!(outbox.push(frame(1)), Push::Closed);
         assert_eq!(outbox.close_cause(), Some(&CloseCause::SlowConsumer));
-        assert_eq!(outbox.queued_bytes(), 62);
+        assert_eq!(outbox.queued_bytes(), 124);
+    }
+
+    #[test]
+    fn a_frame_bigger_than_the_bound_fits_below_it() {
+        let outbox = Outbox::new(Format::Json, 100, 0);
+        assert_eq!(outbox.push(frame(10)), Push::Queued);
+        assert_eq!(outbox.push(frame(150)), Push::Queued);
+        assert_eq!(outbox.push(frame(1)), Push::Overflowed);
     }
 
     #[test]

@@ -637,3 +637,52 @@ async fn follows_from_several_sessions_of_one_shard_are_counted_apart() {
     writer.set_status("5", "d").await;
     assert_update(&first.recv_event().await, &owner, "c", "d");
 }
+
+#[tokio::test]
+async fn a_user_first_seen_in_a_token_can_be_followed_by_username() {
+    let server = TestServer::start_with(|c| c.shards = 4);
+    let bob = server.user("bob").await;
+    let stranger = server.external_user("stranger");
+    let mut online = server.connect(&stranger, false).await;
+    online.set_status("1", "from elsewhere").await;
+    // Recording the stranger's name happens in the background: retry a while.
+    let mut follower = server.connect(&bob, false).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let snapshot = loop {
+        let reply = follower
+            .request(json!({"status_follow": {"usernames": ["stranger"]}, "cid": "1"}))
+            .await;
+        let snapshot = snapshot_presences(&reply, "1");
+        if !snapshot.is_empty() || tokio::time::Instant::now() > deadline {
+            break snapshot;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(snapshot.len(), 1, "the stranger's name was never found");
+    assert_presence(&snapshot[0], &stranger, "from elsewhere");
+}
+
+#[tokio::test]
+async fn a_token_cannot_take_over_another_accounts_username() {
+    let server = TestServer::start();
+    let (alice, bob) = (server.user("alice").await, server.user("bob").await);
+    let impostor = server.external_user("alice");
+    let mut fake = server.connect(&impostor, false).await;
+    fake.set_status("1", "i am alice").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut follower = server.connect(&bob, false).await;
+    let reply = follower
+        .request(json!({"status_follow": {"usernames": ["alice"]}, "cid": "1"}))
+        .await;
+    assert_eq!(
+        reply,
+        json!({"cid": "1", "status": {}}),
+        "the real alice is offline"
+    );
+    fake.set_status("2", "still me").await;
+    follower.expect_silence().await;
+    let mut real = server.connect(&alice, true).await;
+    real.recv_event().await;
+    assert_join(&follower.recv_event().await, &alice, "");
+}

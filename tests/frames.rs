@@ -63,6 +63,9 @@ async fn malformed_payloads_close_the_session_without_an_envelope() {
         r#"{"ping":[]}"#,
         r#"{"ping":{"x":1}}"#,
         r#"{"STATUS_UPDATE":{}}"#,
+        r#"{"cid":"1","cid":null,"ping":{}}"#,
+        r#"{"status_update":null,"statusUpdate":{}}"#,
+        r#"{"bogus":null,"ping":{}}"#,
         "\u{feff}{\"ping\":{}}",
         "{\"ping\":{}}\u{0}",
         r#"{"status_follow":{"usernames":[1]}}"#,
@@ -100,6 +103,15 @@ async fn odd_but_valid_json_is_accepted() {
             r#"{"cid":"4","status":{}}"#,
         ),
         (r#"{"status_unfollow":{},"cid":"5"}"#, r#"{"cid":"5"}"#),
+        // A null member is not set, so it does not compete for the oneof.
+        (
+            r#"{"ping":{},"pong":null,"cid":"6"}"#,
+            r#"{"cid":"6","pong":{}}"#,
+        ),
+        (
+            r#"{"status_update":null,"ping":{},"cid":"7"}"#,
+            r#"{"cid":"7","pong":{}}"#,
+        ),
     ];
     for (request, reply) in accepted {
         client.send_text(request).await;

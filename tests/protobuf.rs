@@ -481,3 +481,50 @@ async fn repeated_fields_and_oneof_members_merge_like_go_proto_unmarshal() {
     let event = recv_event(&mut client).await;
     assert_eq!((event.joins.len(), event.leaves.len()), (0, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_follower_on_every_shard_gets_every_change_in_order_in_its_format() {
+    const CHANGES: u32 = 300;
+    let server = TestServer::start_with(|c| c.shards = 4);
+    let writer = server.user("writer").await;
+    let mut writer_session = server.connect(&writer, false).await;
+    writer_session.set_status("0", "0").await;
+
+    let mut readers = Vec::new();
+    for i in 0..16 {
+        let user = server.user(&format!("f{i}")).await;
+        if i % 2 == 0 {
+            let mut client = server.connect(&user, false).await;
+            assert_eq!(client.follow("1", &[&writer.id]).await.len(), 1);
+            readers.push(tokio::spawn(async move {
+                for n in 1..=CHANGES {
+                    let event = client.recv_event().await;
+                    assert_eq!(event["leaves"][0]["status"], (n - 1).to_string(), "{event}");
+                    assert_eq!(event["joins"][0]["status"], n.to_string(), "{event}");
+                }
+                client.expect_silence().await;
+            }));
+        } else {
+            let mut client = protobuf_session(&server, &user, false).await;
+            client
+                .send(OP_BINARY, &follow("1", &[&writer.id], &[]))
+                .await;
+            recv(&mut client).await;
+            readers.push(tokio::spawn(async move {
+                for n in 1..=CHANGES {
+                    let event = recv_event(&mut client).await;
+                    let status = |list: &[UserPresence]| list[0].status.clone().map(|s| s.value);
+                    assert_eq!(status(&event.leaves), Some((n - 1).to_string()));
+                    assert_eq!(status(&event.joins), Some(n.to_string()));
+                }
+                client.expect_silence().await;
+            }));
+        }
+    }
+    for n in 1..=CHANGES {
+        writer_session.set_status("w", &n.to_string()).await;
+    }
+    for reader in readers {
+        reader.await.expect("a follower saw every change in order");
+    }
+}

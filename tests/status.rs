@@ -455,3 +455,37 @@ async fn presences_carry_the_token_username_exactly() {
     let event: serde_json::Value = serde_json::from_str(&raw).expect("JSON");
     assert_join(&event["status_presence_event"], &odd, "");
 }
+
+#[tokio::test]
+async fn odd_token_usernames_are_escaped_and_an_empty_one_is_omitted() {
+    let server = TestServer::start();
+    let bob = server.user("bob").await;
+    let mut follower = server.connect(&bob, false).await;
+    for name in [
+        "quote\" back\\slash",
+        "ctl\u{1}\u{1f}",
+        "sep\u{2028}\u{2029}",
+        "",
+    ] {
+        let stranger = server.external_user(name);
+        follower.follow("1", &[]).await;
+        let mut session = server.connect(&stranger, true).await;
+        session.recv_event().await;
+        // Known now (seen in a token): follow it, then watch an update.
+        let snapshot = follower.follow("2", &[&stranger.id]).await;
+        assert_eq!(snapshot.len(), 1);
+        session.set_status("3", "x").await;
+        let event = follower.recv_event().await;
+        for presence in [&snapshot[0], &event["joins"][0], &event["leaves"][0]] {
+            if name.is_empty() {
+                // Go omits an empty string field.
+                assert!(presence.get("username").is_none(), "{presence}");
+            } else {
+                assert_eq!(presence["username"], name, "{presence}");
+            }
+        }
+        follower
+            .request(json!({"status_unfollow": {"user_ids": [stranger.id]}, "cid": "4"}))
+            .await;
+    }
+}

@@ -15,6 +15,7 @@
 //! of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -178,7 +179,12 @@ impl TestServer {
                 .expect("handshake in time")
                 .expect("websocket handshake");
         assert_eq!(response.status(), 101);
-        Client { ws }
+        let mut client = Client {
+            ws,
+            pending: VecDeque::new(),
+        };
+        client.wait_registered().await;
+        client
     }
 
     /// A raw session of `user` (JSON unless `extra_query` says otherwise).
@@ -373,9 +379,28 @@ pub enum Received {
 /// A websocket session driven by tokio-tungstenite.
 pub struct Client {
     ws: WebSocketStream<TcpStream>,
+    /// Frames received while waiting for something else, delivered first.
+    pending: VecDeque<Received>,
 }
 
 impl Client {
+    /// The 101 can reach the client before the server has registered the
+    /// session (Nakama upgrades first and registers after, too), and events
+    /// in that window are not for it. A ping round trip proves the session
+    /// is registered; whatever arrives before the pong is kept for later.
+    async fn wait_registered(&mut self) {
+        const CID: &str = "registered?";
+        self.send_json(json!({"ping": {}, "cid": CID})).await;
+        let pong = format!(r#"{{"cid":"{CID}","pong":{{}}}}"#);
+        loop {
+            let received = self.recv_from_socket(WAIT).await.expect("the pong in time");
+            if received == Received::Text(pong.clone()) {
+                return;
+            }
+            self.pending.push_back(received);
+        }
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send text");
     }
@@ -405,6 +430,13 @@ impl Client {
 
     /// The next data or close frame within `wait`; `None` if none came.
     pub async fn try_recv(&mut self, wait: Duration) -> Option<Received> {
+        if let Some(received) = self.pending.pop_front() {
+            return Some(received);
+        }
+        self.recv_from_socket(wait).await
+    }
+
+    async fn recv_from_socket(&mut self, wait: Duration) -> Option<Received> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let next = tokio::time::timeout_at(deadline, self.ws.next())

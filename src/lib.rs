@@ -7,8 +7,10 @@
 //! * [`protocol`]: the envelope model and its JSON and protobuf codecs.
 //! * [`engine`]: shards, the follow graph and fan-out.
 //! * [`auth`]: session tokens and the embedded account store.
-//! * [`config`]: flags, environment variables and defaults.
+//! * [`admin`]: the admin listener: metrics, health, the backend API.
+//! * [`config`]: flags, environment variables, the config file and defaults.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod engine;

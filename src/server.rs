@@ -1,40 +1,70 @@
 //! [`Server`]: starting and stopping a whole Herald: account store, shards,
 //! listeners. `main` and the integration tests both go through here.
 //!
-//! Start-up order: open the account store (and read the user directory),
-//! bind the listeners (so a busy port fails fast), start the shards (each
-//! loads its slice of the directory, then starts accepting). Shutdown order:
-//! stop accepting and close every session with 1001 (shards), wait for them
-//! within the grace period, then flush and close the account store.
+//! Start-up order: start the admin listener (so a bad address fails first,
+//! and `/healthz` answers while the rest starts; `/readyz` says 503), open
+//! the account store (and read the user directory), bind the listeners (so a
+//! busy port fails fast), start the shards (each loads its slice of the
+//! directory, then starts accepting), and only then mark the server ready.
+//! Shutdown order: `/readyz` turns 503, the shards stop accepting and close
+//! every session with 1001, wait for them within the grace period, then the
+//! account store is flushed and closed, and the admin listener stops last.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Context;
 
+use crate::admin::{AdminListener, AdminState};
 use crate::auth::{AccountStore, Tokens};
-use crate::config::Config;
+use crate::config::{AdminListen, Config};
 use crate::engine::{Engine, EngineConfig, EngineHandle, ShardContext};
-use crate::transport::{listener, ServerState};
+use crate::transport::{listener, tls, ServerState};
 
 /// A running server.
 pub struct Server {
     engine: Engine,
     accounts: AccountStore,
     local_addr: SocketAddr,
+    /// `None` with `--admin-listen off`.
+    admin: Option<AdminListener>,
 }
 
 impl Server {
     /// Starts a server with `config`. Returns once every shard is accepting.
     pub fn start(config: Config) -> anyhow::Result<Server> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let (accounts, known) = AccountStore::open(&config.data_dir)
-            .with_context(|| format!("cannot open the account store in {}", config.data_dir.display()))?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::load(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key must be given together"),
+        };
+        // Dropped (and so stopped) if anything below fails.
+        let admin_state = Arc::new(AdminState::new(config.http_key.clone()));
+        let admin = match config.admin_listen {
+            AdminListen::Off => None,
+            AdminListen::Addr(addr) => Some(
+                AdminListener::start(addr, admin_state.clone())
+                    .with_context(|| format!("cannot listen on --admin-listen {addr}"))?,
+            ),
+        };
+        let (accounts, known) = AccountStore::open(&config.data_dir).with_context(|| {
+            format!(
+                "cannot open the account store in {}",
+                config.data_dir.display()
+            )
+        })?;
         let directory: Vec<_> = known
             .into_iter()
-            .map(|u| (u.user_id, (!u.username.is_empty()).then(|| Arc::from(u.username.as_str()))))
+            .map(|u| {
+                (
+                    u.user_id,
+                    (!u.username.is_empty()).then(|| Arc::from(u.username.as_str())),
+                )
+            })
             .collect();
 
         let engine_config = EngineConfig::from_config(&config);
@@ -53,13 +83,18 @@ impl Server {
             config.refresh_token_expiry_sec,
         ));
         let state = Arc::new(ServerState {
-            max_connections: default_max_connections(),
+            max_connections: config
+                .max_connections
+                .unwrap_or_else(default_max_connections),
             config,
             tokens,
             accounts: accounts.clone(),
             websockets: AtomicUsize::new(0),
+            tls,
         });
-        let listeners = Arc::new(Mutex::new(listeners.into_iter().map(Some).collect::<Vec<_>>()));
+        let listeners = Arc::new(Mutex::new(
+            listeners.into_iter().map(Some).collect::<Vec<_>>(),
+        ));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
         let ready_tx = Mutex::new(ready_tx);
         let on_start = Arc::new(move |ctx: &Rc<ShardContext>| {
@@ -68,7 +103,11 @@ impl Server {
                 .ok()
                 .and_then(|mut all| all.get_mut(ctx.index).and_then(Option::take));
             if let Some(listener) = listener {
-                tokio::task::spawn_local(listener::accept_loop(ctx.clone(), state.clone(), listener));
+                tokio::task::spawn_local(listener::accept_loop(
+                    ctx.clone(),
+                    state.clone(),
+                    listener,
+                ));
             }
             if let Ok(ready) = ready_tx.lock() {
                 let _ = ready.send(());
@@ -78,7 +117,18 @@ impl Server {
         for _ in 0..engine.handle().router().shards() {
             ready_rx.recv().context("a shard failed to start")?;
         }
-        Ok(Server { engine, accounts, local_addr })
+        admin_state.serve(engine.handle().clone());
+        Ok(Server {
+            engine,
+            accounts,
+            local_addr,
+            admin,
+        })
+    }
+
+    /// The admin listener's address (the real port when 0 was asked), unless it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminListener::local_addr)
     }
 
     /// The address the listeners are bound to (the real port when 0 was asked).
@@ -91,20 +141,38 @@ impl Server {
         self.engine.handle()
     }
 
-    /// Stops accepting, closes every session with 1001, waits for the shards
-    /// (bounded by their grace period), then closes the account store.
+    /// Marks the server not ready, stops accepting, closes every session with
+    /// 1001, waits for the shards (bounded by their grace period), closes the
+    /// account store, and stops the admin listener.
     pub fn shutdown(self) {
-        self.engine.handle().begin_shutdown();
+        let began = Instant::now();
+        let handle = self.engine.handle();
+        tracing::info!(
+            sessions = handle.stats().sessions,
+            grace_sec = handle.config().shutdown_grace.as_secs_f64(),
+            "shutdown begins: not ready, closing every session"
+        );
+        handle.begin_shutdown();
         self.engine.join();
         match tokio::runtime::Builder::new_current_thread().build() {
             Ok(runtime) => runtime.block_on(self.accounts.shutdown()),
             Err(error) => tracing::error!(%error, "cannot close the account store cleanly"),
         }
+        if let Some(admin) = self.admin {
+            admin.stop();
+        }
+        tracing::info!(
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "shutdown complete"
+        );
     }
 }
 
 /// The open-file soft limit minus a reserve for listeners, the store and HTTP requests.
 fn default_max_connections() -> usize {
     let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _hard)| soft);
-    usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(100).max(1)
+    usize::try_from(soft)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(100)
+        .max(1)
 }

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: Rust unit and integration tests, then the
-# official Nakama JavaScript client (JSON and protobuf) against a freshly
-# built herald. Installs what it needs (Node.js and npm from Debian if they
-# are missing; the npm packages pinned in tests/nakama-js/package-lock.json).
+# official Nakama JavaScript client (JSON, protobuf, TLS) against a freshly
+# built herald, then the /status-demo page in headless Chromium. Installs
+# what it needs (see tests/install-deps.sh). Screenshots of the page go to
+# $ARTIFACTS_DIR (default: <target dir>/browser-artifacts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 target=${CARGO_TARGET_DIR:-$root/target}
 
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq nodejs npm
-fi
+echo "==> test dependencies"
+bash tests/install-deps.sh
 
 echo "==> building herald (release)"
 cargo build --release --bin herald
@@ -18,7 +18,11 @@ cargo build --release --bin herald
 echo "==> Rust unit and integration tests"
 cargo test --release --workspace
 
-echo "==> nakama-js suites (JSON, protobuf, mixed)"
+echo "==> nakama-js suites (JSON, protobuf, mixed, TLS)"
 cd "$root/tests/nakama-js"
-npm ci --no-audit --no-fund --loglevel=error
 HERALD_BIN="$target/release/herald" npm test
+
+echo "==> status page in headless Chromium"
+cd "$root/tests/browser"
+HERALD_BIN="$target/release/herald" \
+  ARTIFACTS_DIR="${ARTIFACTS_DIR:-$target/browser-artifacts}" npm test

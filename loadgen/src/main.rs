@@ -1,3 +1,228 @@
+//! `loadgen`: Herald's load generator. See `loadgen/README.md`.
+//!
+//! Layout: `net` (mio event loop, hand-parsed websocket frames), `ws`
+//! (framing), `scan` (field scanning without a JSON parse), `hist`
+//! (latency histograms), `users` (ids and tokens), `cluster` (coordinator
+//! and worker processes), `shard` (the worker's event-loop threads),
+//! `scen/*` (the scenarios, each with a coordinator and a shard half).
+
+mod cluster;
+mod hist;
+mod net;
+mod scan;
+mod scen;
+mod shard;
+mod sys;
+mod users;
+mod ws;
+
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for Herald (Nakama realtime status protocol, JSON)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct Common {
+    /// Server address, `ws://IP:PORT`.
+    #[arg(long, default_value = "ws://127.0.0.1:7350")]
+    pub url: String,
+    /// Server key for `POST /v2/account/authenticate/custom` (Basic auth user).
+    #[arg(long, default_value = "defaultkey")]
+    pub server_key: String,
+    /// Mint session tokens offline with this HS256 key (the server's
+    /// `--encryption-key`) instead of authenticating over HTTP.
+    #[arg(long)]
+    pub token_key: Option<String>,
+    /// Worker processes; connections are split between them.
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+    /// Event-loop threads per worker process.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Source addresses per worker process (127.0.0.2, 127.0.0.3, ...).
+    #[arg(long, default_value_t = 1)]
+    pub source_addrs: usize,
+    /// Server pid: report its RSS and CPU (utime+stime) around each phase.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Fully parse every frame with Herald's decoder and check its shape.
+    #[arg(long)]
+    pub strict: bool,
+    /// Measurement duration in seconds (scenario default when absent).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Seed of user ids, follow graphs and random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Connects in flight per shard.
+    #[arg(long, default_value_t = 512)]
+    pub concurrency: usize,
+    /// Upper bound of every waiting phase, seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub phase_timeout: f64,
+    /// After a poll that found fewer than 64 sockets ready, sleep this many µs
+    /// before the next one, so wake-ups carry batches of events. Latencies
+    /// are then measured up to this much late. 0 = wake on every event.
+    /// Default: 300 for fanout (one event per socket per round), else 0.
+    #[arg(long)]
+    pub batch_us: Option<u64>,
+    /// HTTP authenticate threads (without --token-key).
+    #[arg(long, default_value_t = 16)]
+    pub auth_threads: usize,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections to open (one user each).
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Connect with `status=true` (each connection gets its own join).
+    #[arg(long)]
+    pub status: bool,
+    /// Seconds to wait after the last connect before measuring RSS.
+    #[arg(long, default_value_t = 2.0)]
+    pub settle: f64,
+    /// Seconds to hold the connections open after measuring.
+    #[arg(long, default_value_t = 0.0)]
+    pub hold: f64,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Followers of the one leader.
+    #[arg(long, default_value_t = 1000)]
+    pub followers: usize,
+    /// Update rounds.
+    #[arg(long, default_value_t = 10)]
+    pub rounds: u32,
+    /// Pause between rounds, ms.
+    #[arg(long, default_value_t = 200)]
+    pub pause_ms: u64,
+    /// Give up on a round after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub round_timeout: f64,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct MeshArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Users, one connection each.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Users each one follows (random, seeded); `--lobby` means users-1.
+    #[arg(long, default_value_t = 20)]
+    pub follows: usize,
+    /// Everyone follows everyone else.
+    #[arg(long)]
+    pub lobby: bool,
+    /// Total status updates per second, spread over all users.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Seconds to wait for late events after the update window.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Connections closed and reopened (then following again) per second (soak).
+    #[arg(long, default_value_t = 0.0)]
+    pub reconnect_rate: f64,
+    /// Seconds between report lines on stderr (soak; 0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    pub report_every: f64,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Users in the pool.
+    #[arg(long, default_value_t = 40)]
+    pub users: usize,
+    /// Most sessions open at once.
+    #[arg(long, default_value_t = 120)]
+    pub max_sessions: usize,
+    /// Operations per second.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Seconds of slack at follow/unfollow/close boundaries, where an
+    /// in-flight event may or may not be delivered.
+    #[arg(long, default_value_t = 2.0)]
+    pub grace: f64,
+    /// Seconds to wait for the last events before checking.
+    #[arg(long, default_value_t = 3.0)]
+    pub drain: f64,
+}
+
+#[derive(Debug, Clone, Subcommand, Serialize, Deserialize)]
+pub enum Scenario {
+    /// Open N idle connections; connect rate and server RSS per connection.
+    Connect(ConnectArgs),
+    /// N followers of one user, K update rounds; time to last delivery.
+    Fanout(FanoutArgs),
+    /// N users each following F others, updates at a total rate R for T seconds.
+    Mesh(MeshArgs),
+    /// Random connect/disconnect/follow/unfollow/update checked against a model.
+    Churn(ChurnArgs),
+    /// A long bounded mesh with reconnects and a report line every 10 s.
+    Soak(MeshArgs),
+    /// Internal: a worker process.
+    #[command(name = "__worker", hide = true)]
+    Worker,
+}
+
+impl Scenario {
+    pub fn common(&self) -> &Common {
+        match self {
+            Scenario::Connect(a) => &a.common,
+            Scenario::Fanout(a) => &a.common,
+            Scenario::Mesh(a) | Scenario::Soak(a) => &a.common,
+            Scenario::Churn(a) => &a.common,
+            Scenario::Worker => unreachable_common(),
+        }
+    }
+}
+
+fn unreachable_common() -> &'static Common {
+    static C: std::sync::OnceLock<Common> = std::sync::OnceLock::new();
+    C.get_or_init(|| Common {
+        url: String::new(),
+        server_key: String::new(),
+        token_key: None,
+        procs: 1,
+        threads: 1,
+        source_addrs: 1,
+        server_pid: None,
+        strict: false,
+        duration: None,
+        seed: 1,
+        concurrency: 1,
+        phase_timeout: 1.0,
+        auth_threads: 1,
+        batch_us: None,
+    })
+}
+
 fn main() {
-    println!("loadgen: not yet implemented");
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Worker => shard::worker_main(),
+        s => scen::coordinate(s),
+    };
+    if let Err(e) = result {
+        eprintln!("loadgen: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -7,8 +7,9 @@
 //! clone of the same `Arc` bytes. [`encode_count`] lets tests and benches
 //! verify the "at most once" claim.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::ids::UserId;
 use crate::protocol::{Format, Frame, StatusPresenceEvent};
@@ -29,15 +30,36 @@ pub struct StatusChange {
     pub event: StatusPresenceEvent,
     /// The encoded frame per format, filled on first use.
     frames: [OnceLock<Frame>; 2],
+    /// When the change was made, for `herald_fanout_seconds`.
+    created: Instant,
+    /// Shards that still have to deliver it; the last one records the fan-out time.
+    remaining: AtomicUsize,
+    /// Shards that deliver it, the owner included.
+    shards: usize,
 }
 
 impl StatusChange {
-    pub fn new(user: UserId, event: StatusPresenceEvent) -> StatusChange {
+    /// A change that `shards` shards will deliver (the owner included).
+    pub fn new(user: UserId, event: StatusPresenceEvent, shards: usize) -> StatusChange {
         StatusChange {
             user,
             event,
             frames: [OnceLock::new(), OnceLock::new()],
+            created: Instant::now(),
+            remaining: AtomicUsize::new(shards.max(1)),
+            shards: shards.max(1),
         }
+    }
+
+    /// Called by each delivering shard when done. The last one gets the time
+    /// from the change to its last follower's frame being queued.
+    pub fn delivered(&self) -> Option<Duration> {
+        (self.remaining.fetch_sub(1, Ordering::AcqRel) == 1).then(|| self.created.elapsed())
+    }
+
+    /// How many shards deliver it, the owner included.
+    pub fn shards(&self) -> usize {
+        self.shards
     }
 
     /// The event's frame in `format`, encoded on the first call for that format.

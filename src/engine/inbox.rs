@@ -28,6 +28,9 @@ use super::status_query::UserStatus;
 use crate::ids::{SessionId, UserId};
 use crate::protocol::Presence;
 
+/// A closure to run on a shard thread, with that shard's context.
+pub type ShardTask = Box<dyn FnOnce(&std::rc::Rc<ShardContext>) + Send>;
+
 /// Work sent to a shard by other threads.
 pub enum ShardMsg {
     /// A status change of `change.user`, owned by the sending shard, for the
@@ -61,7 +64,10 @@ pub enum ShardMsg {
         names: Vec<String>,
     },
     /// The answer to [`ShardMsg::ResolveNames`] (unknown names are left out).
-    NamesResolved { session: SessionKey, users: Vec<UserId> },
+    NamesResolved {
+        session: SessionKey,
+        users: Vec<UserId>,
+    },
     /// Records a user account in the directory: its id, if `owns_id`, and its
     /// username, if `owns_name` (the two may live on different shards).
     RegisterUser {
@@ -83,7 +89,7 @@ pub enum ShardMsg {
         reply: oneshot::Sender<bool>,
     },
     /// Runs a closure on the shard thread (used to hand a connection to its home shard).
-    Run(Box<dyn FnOnce(&std::rc::Rc<ShardContext>) + Send>),
+    Run(ShardTask),
     /// Closes every session with 1001 and stops the shard once they are gone.
     Shutdown,
 }

@@ -82,6 +82,7 @@
 
 pub mod commands;
 pub mod event;
+pub mod follow_graph;
 pub mod inbox;
 pub mod outbox;
 pub mod routing;
@@ -89,6 +90,8 @@ pub mod runtime;
 pub mod shard;
 pub mod stats;
 pub mod status_query;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,18 +123,50 @@ pub struct EngineConfig {
     pub pong_wait_sec: u32,
     /// Pin shard threads to cores.
     pub pin_threads: bool,
+    /// `status_update`s allowed per session per second; 0 = unlimited.
+    pub status_update_rate: u32,
+    /// User ids a session may follow per second; 0 = unlimited.
+    pub follow_rate: u32,
+    /// A new session closes the user's older sessions (`--single-socket`).
+    pub single_socket: bool,
+    /// How long shards keep running after shutdown begins, at most.
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl Default for EngineConfig {
+    /// The defaults of the `herald` binary, on one shard.
+    fn default() -> EngineConfig {
+        EngineConfig {
+            shards: 1,
+            outgoing_queue_bytes: 2 << 20,
+            max_follows: 100_000,
+            follow_unknown_ids: false,
+            ping_period_sec: 15,
+            pong_wait_sec: 25,
+            pin_threads: true,
+            status_update_rate: 0,
+            follow_rate: 0,
+            single_socket: false,
+            shutdown_grace: std::time::Duration::from_secs(3),
+        }
+    }
 }
 
 impl EngineConfig {
     pub fn from_config(config: &Config) -> EngineConfig {
         EngineConfig {
             shards: config.shard_count(),
-            outgoing_queue_bytes: usize::try_from(config.outgoing_queue_bytes).unwrap_or(usize::MAX),
+            outgoing_queue_bytes: usize::try_from(config.outgoing_queue_bytes)
+                .unwrap_or(usize::MAX),
             max_follows: config.max_follows,
             follow_unknown_ids: config.follow_unknown_ids,
             ping_period_sec: u32::try_from(config.ping_period_sec).unwrap_or(u32::MAX),
             pong_wait_sec: u32::try_from(config.pong_wait_sec).unwrap_or(u32::MAX),
             pin_threads: true,
+            status_update_rate: config.status_update_rate,
+            follow_rate: config.follow_rate,
+            single_socket: config.single_socket,
+            shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_sec),
         }
     }
 }
@@ -153,13 +188,22 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
+    /// A handle with inboxes but no shard threads, for benches and tests that
+    /// drive one [`Shard`] directly (`Shard::new(0, handle, stats)`). Messages
+    /// sent to it are never drained, so use it with one shard.
+    pub fn standalone(config: EngineConfig) -> EngineHandle {
+        EngineHandle::new(config)
+    }
+
     fn new(config: EngineConfig) -> EngineHandle {
         let shards = config.shards.max(1);
         EngineHandle {
             shared: Arc::new(Shared {
                 inboxes: (0..shards).map(|_| Inbox::new()).collect(),
                 router: Router::new(shards),
-                stats: (0..shards).map(|_| Arc::new(ShardStats::default())).collect(),
+                stats: (0..shards)
+                    .map(|_| Arc::new(ShardStats::default()))
+                    .collect(),
                 config,
                 started: Instant::now(),
                 shutting_down: AtomicBool::new(false),
@@ -194,7 +238,11 @@ impl EngineHandle {
     }
 
     /// Runs `run` on shard `shard`'s thread.
-    pub fn run_on(&self, shard: usize, run: impl FnOnce(&std::rc::Rc<ShardContext>) + Send + 'static) {
+    pub fn run_on(
+        &self,
+        shard: usize,
+        run: impl FnOnce(&std::rc::Rc<ShardContext>) + Send + 'static,
+    ) {
         self.send(shard, ShardMsg::Run(Box::new(run)));
     }
 
@@ -215,7 +263,16 @@ impl EngineHandle {
         for (shard, owns_id, owns_name) in targets {
             let (done, wait) = oneshot::channel();
             let username = username.clone();
-            self.send(shard, ShardMsg::RegisterUser { user, username, owns_id, owns_name, done: Some(done) });
+            self.send(
+                shard,
+                ShardMsg::RegisterUser {
+                    user,
+                    username,
+                    owns_id,
+                    owns_name,
+                    done: Some(done),
+                },
+            );
             waits.push(wait);
         }
         for wait in waits {
@@ -227,7 +284,10 @@ impl EngineHandle {
     pub async fn query_status(&self, users: &[UserId]) -> Vec<UserStatus> {
         let mut by_shard: HashMap<usize, Vec<UserId>> = HashMap::new();
         for user in users {
-            by_shard.entry(self.router().shard_of_user(*user)).or_default().push(*user);
+            by_shard
+                .entry(self.router().shard_of_user(*user))
+                .or_default()
+                .push(*user);
         }
         let mut found: HashMap<UserId, UserStatus> = HashMap::new();
         let mut waits = Vec::new();
@@ -243,7 +303,12 @@ impl EngineHandle {
         }
         users
             .iter()
-            .map(|u| found.get(u).cloned().unwrap_or(UserStatus { user_id: *u, sessions: Vec::new() }))
+            .map(|u| {
+                found.get(u).cloned().unwrap_or(UserStatus {
+                    user_id: *u,
+                    sessions: Vec::new(),
+                })
+            })
             .collect()
     }
 
@@ -252,7 +317,14 @@ impl EngineHandle {
         let mut waits = Vec::new();
         for shard in 0..self.router().shards() {
             let (reply, wait) = oneshot::channel();
-            self.send(shard, ShardMsg::Kick { session: id, cause: cause.clone(), reply });
+            self.send(
+                shard,
+                ShardMsg::Kick {
+                    session: id,
+                    cause: cause.clone(),
+                    reply,
+                },
+            );
             waits.push(wait);
         }
         let mut kicked = false;
@@ -272,7 +344,8 @@ impl EngineHandle {
         self.shared.inboxes.iter().map(Inbox::depth).collect()
     }
 
-    pub(crate) fn shard_stats(&self, shard: usize) -> Arc<ShardStats> {
+    /// The counters block of shard `shard`.
+    pub fn shard_stats(&self, shard: usize) -> Arc<ShardStats> {
         self.shared.stats[shard].clone()
     }
 

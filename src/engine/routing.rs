@@ -5,7 +5,6 @@
 //! sessions, statuses and counted follow edges live on `shard_of_user`; a
 //! username's directory entry lives on `shard_of_name`.
 
-
 use crate::ids::UserId;
 
 /// Fixed seeds: placement must agree across threads and runs.

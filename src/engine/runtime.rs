@@ -30,9 +30,6 @@ use crate::ids::UserId;
 /// Called on each shard thread once it runs, before it drains its inbox.
 pub type ShardStart = Arc<dyn Fn(&Rc<ShardContext>) + Send + Sync>;
 
-/// How long a shard keeps serving after shutdown began, at most.
-const DEFAULT_GRACE: Duration = Duration::from_secs(3);
-
 /// What a shard thread shares with the tasks it runs (see the module doc).
 pub struct ShardContext {
     /// This shard's index.
@@ -133,8 +130,16 @@ impl Engine {
     }
 }
 
-fn run_shard(index: usize, engine: EngineHandle, directory: &[(UserId, Option<Arc<str>>)], on_start: ShardStart) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+fn run_shard(
+    index: usize,
+    engine: EngineHandle,
+    directory: &[(UserId, Option<Arc<str>>)],
+    on_start: ShardStart,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(shard = index, %error, "cannot build the shard runtime");
@@ -174,19 +179,22 @@ fn run_shard(index: usize, engine: EngineHandle, directory: &[(UserId, Option<Ar
 /// connection tasks every few hundred messages so writers keep draining
 /// while a burst of events is being fanned out.
 async fn drain_inbox(ctx: Rc<ShardContext>) {
-    let Some(inbox) = ctx.engine.inbox(ctx.index) else { return };
+    let Some(inbox) = ctx.engine.inbox(ctx.index) else {
+        return;
+    };
     let mut stop_deadline: Option<Instant> = None;
     loop {
         let mut handled = 0u32;
         while let Some(msg) = inbox.try_recv() {
-            ctx.handle(msg);
+            isolate("an inbox message", || ctx.handle(msg));
             handled += 1;
             if handled % 256 == 0 {
                 tokio::task::yield_now().await;
             }
         }
         if ctx.stopping() {
-            let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + DEFAULT_GRACE);
+            let grace = ctx.engine.config().shutdown_grace;
+            let deadline = *stop_deadline.get_or_insert_with(|| Instant::now() + grace);
             if ctx.shard.borrow().session_count() == 0 || Instant::now() >= deadline {
                 return;
             }
@@ -204,6 +212,16 @@ async fn keepalive(ctx: Rc<ShardContext>) {
     loop {
         tick.tick().await;
         let now = ctx.engine.now();
-        ctx.shard.borrow_mut().keepalive(now);
+        isolate("keepalive", || ctx.shard.borrow_mut().keepalive(now));
+    }
+}
+
+/// Runs `work`, containing a panic to it: the shard thread and every other
+/// session go on. A panic is a bug (no input should cause one); it is logged
+/// as an error. (Connection tasks need no wrapper: tokio contains a panic to
+/// the task that raised it, and the session's drop guard unregisters it.)
+fn isolate(what: &str, work: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+        tracing::error!("a panic while handling {what} was contained; the shard goes on");
     }
 }

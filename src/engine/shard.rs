@@ -21,18 +21,20 @@
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 use fastwebsockets::OpCode;
 use smallvec::SmallVec;
 
 use super::event::StatusChange;
+use super::follow_graph::{FollowerIndex, HandleSet};
 use super::inbox::ShardMsg;
 use super::outbox::{CloseCause, Outbox, Push};
 use super::stats::ShardStats;
 use super::status_query::UserStatus;
 use super::EngineHandle;
 use crate::ids::{SessionId, UserId};
-use crate::protocol::{Frame, Presence, Reply, StatusPresenceEvent};
+use crate::protocol::errors::close_reason;
+use crate::protocol::{Frame, Notification, Presence, Reply, ReplyBody, StatusPresenceEvent};
 
 /// Names a session on its home shard. The generation makes a key of a closed
 /// session useless once its slot is reused, so late messages for it are
@@ -73,12 +75,57 @@ pub(super) struct SessionEntry {
     pub username: Arc<str>,
     /// The current status; `None` means not online.
     pub status: Option<Arc<str>>,
-    /// Users this session follows, its own user excluded.
-    pub follows: AHashSet<UserId>,
+    /// Handles (in the shard's [`FollowerIndex`]) of the users this session
+    /// follows, its own user excluded.
+    pub follows: HandleSet,
     /// A follow request waiting for other shards.
     pub pending: Option<Box<PendingFollow>>,
     /// Engine time of the last websocket ping queued to this session.
     pub last_ping: u32,
+    /// Requests counted against the opt-in rate limits in the current second.
+    pub rate: RateWindow,
+}
+
+/// A one-second window of rate-limited requests (`--status-update-rate`,
+/// `--follow-rate`).
+#[derive(Default)]
+pub(super) struct RateWindow {
+    second: u32,
+    updates: u32,
+    follows: u32,
+}
+
+impl RateWindow {
+    fn roll(&mut self, now: u32) {
+        if self.second != now {
+            *self = RateWindow {
+                second: now,
+                updates: 0,
+                follows: 0,
+            };
+        }
+    }
+
+    /// Counts one status update; false if `limit` (per second, 0 = none) is reached.
+    pub fn allow_update(&mut self, now: u32, limit: u32) -> bool {
+        self.roll(now);
+        if limit != 0 && self.updates >= limit {
+            return false;
+        }
+        self.updates += 1;
+        true
+    }
+
+    /// Counts `ids` followed ids; false if they would pass `limit` (per second, 0 = none).
+    pub fn allow_follows(&mut self, now: u32, ids: usize, limit: u32) -> bool {
+        self.roll(now);
+        let ids = u32::try_from(ids).unwrap_or(u32::MAX);
+        if limit != 0 && self.follows.saturating_add(ids) > limit {
+            return false;
+        }
+        self.follows = self.follows.saturating_add(ids);
+        true
+    }
 }
 
 /// A slot of the session table. Kept small: the fan-out loop reads only this.
@@ -92,7 +139,9 @@ struct Slot {
 struct UserEntry {
     /// The user exists (has an account, or was seen in a valid token).
     known: bool,
-    /// Local slots of this user's sessions that have a status.
+    /// Slots of this user's sessions (all of them live on this shard).
+    sessions: SmallVec<[u32; 1]>,
+    /// Slots of this user's sessions that have a status.
     online: SmallVec<[u32; 2]>,
     /// Other shards with follow edges to this user, and how many each.
     interest: SmallVec<[(u16, u32); 2]>,
@@ -100,7 +149,10 @@ struct UserEntry {
 
 impl UserEntry {
     fn is_idle(&self) -> bool {
-        !self.known && self.online.is_empty() && self.interest.is_empty()
+        !self.known
+            && self.sessions.is_empty()
+            && self.online.is_empty()
+            && self.interest.is_empty()
     }
 }
 
@@ -113,7 +165,7 @@ pub struct Shard {
     pub(super) entries: Vec<Option<SessionEntry>>,
     free: Vec<u32>,
     /// Local followers of any user.
-    followers: AHashMap<UserId, AHashSet<u32>>,
+    followers: FollowerIndex,
     users: AHashMap<UserId, UserEntry>,
     usernames: AHashMap<Arc<str>, UserId>,
     /// The websocket ping frame, shared by every session.
@@ -129,7 +181,7 @@ impl Shard {
             slots: Vec::new(),
             entries: Vec::new(),
             free: Vec::new(),
-            followers: AHashMap::new(),
+            followers: FollowerIndex::default(),
             users: AHashMap::new(),
             usernames: AHashMap::new(),
             ping: Frame::control(OpCode::Ping, b""),
@@ -139,6 +191,16 @@ impl Shard {
     /// This shard's index.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// The session id and user of session `key` while it is registered (for log lines).
+    pub fn session_ids(&self, key: SessionKey) -> Option<(SessionId, UserId)> {
+        let slot = self.slots.get(key.slot as usize)?;
+        if slot.generation != key.generation {
+            return None;
+        }
+        let entry = self.entries.get(key.slot as usize)?.as_ref()?;
+        Some((entry.id, entry.user))
     }
 
     /// Open sessions on this shard.
@@ -159,7 +221,10 @@ impl Shard {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
-                self.slots.push(Slot { generation: 0, outbox: None });
+                self.slots.push(Slot {
+                    generation: 0,
+                    outbox: None,
+                });
                 self.entries.push(None);
                 (self.slots.len() - 1) as u32
             }
@@ -171,9 +236,10 @@ impl Shard {
             user: spec.user,
             username: spec.username,
             status: None,
-            follows: AHashSet::new(),
+            follows: HandleSet::default(),
             pending: None,
             last_ping: self.engine.now(),
+            rate: RateWindow::default(),
         });
         ShardStats::gauge(&self.stats.sessions, 1);
         let key = SessionKey { slot, generation };
@@ -181,7 +247,16 @@ impl Shard {
         let user = self.users.entry(spec.user).or_default();
         let first_seen = !user.known;
         user.known = true;
-        self.add_follower(spec.user, slot);
+        let replaced: SmallVec<[u32; 1]> = if self.engine.config().single_socket {
+            std::mem::take(&mut user.sessions)
+        } else {
+            SmallVec::new()
+        };
+        user.sessions.push(slot);
+        for old in replaced {
+            self.replace_session(old);
+        }
+        self.followers.add(spec.user, slot);
         if spec.appear_online {
             self.set_status(key, Some(Arc::from("")));
         }
@@ -193,22 +268,53 @@ impl Shard {
     /// A follow still waiting for other shards is abandoned; its grants are
     /// handed back when they arrive.
     pub fn disconnect(&mut self, key: SessionKey) {
-        let Some(entry) = self.take_entry(key) else { return };
+        let Some(entry) = self.take_entry(key) else {
+            return;
+        };
         let mut dropped: Vec<Vec<UserId>> = vec![Vec::new(); self.engine.router().shards()];
-        for user in &entry.follows {
-            self.remove_follower(*user, key.slot);
-            dropped[self.engine.router().shard_of_user(*user)].push(*user);
+        for handle in entry.follows.to_vec() {
+            let user = self.followers.user(handle);
+            self.followers.remove(handle, key.slot);
+            dropped[self.engine.router().shard_of_user(user)].push(user);
         }
         ShardStats::gauge(&self.stats.follow_edges, -(entry.follows.len() as i64));
-        self.remove_follower(entry.user, key.slot);
+        if let Some(own) = self.followers.handle(entry.user) {
+            self.followers.remove(own, key.slot);
+        }
         self.send_unfollowed(dropped);
 
         if let Some(old) = entry.status.clone() {
             self.mark_offline(entry.user, key.slot);
             let leave = presence_of(&entry, old);
-            self.publish(entry.user, StatusPresenceEvent { joins: None, leaves: Some(leave) });
+            self.publish(
+                entry.user,
+                StatusPresenceEvent {
+                    joins: None,
+                    leaves: Some(leave),
+                },
+            );
         }
         self.forget_if_idle(entry.user);
+    }
+
+    /// `--single-socket`: tells an older session of a user that a newer one
+    /// replaced it (Nakama's notification), then closes it.
+    fn replace_session(&mut self, slot: u32) {
+        if let Some(outbox) = self
+            .slots
+            .get(slot as usize)
+            .and_then(|s| s.outbox.as_ref())
+        {
+            let notice = Notification::single_socket(unix_now());
+            let reply = Reply {
+                cid: "",
+                body: ReplyBody::Notification(&notice),
+            };
+            self.push(outbox, Frame::reply(outbox.format(), &reply));
+            outbox.close(CloseCause::Kicked(
+                close_reason::SERVER_SIDE_DISCONNECT.to_owned(),
+            ));
+        }
     }
 
     fn take_entry(&mut self, key: SessionKey) -> Option<SessionEntry> {
@@ -220,6 +326,9 @@ impl Shard {
         slot.generation = slot.generation.wrapping_add(1);
         let entry = self.entries[key.slot as usize].take()?;
         self.free.push(key.slot);
+        if let Some(user) = self.users.get_mut(&entry.user) {
+            user.sessions.retain(|s| *s != key.slot);
+        }
         ShardStats::gauge(&self.stats.sessions, -1);
         Some(entry)
     }
@@ -263,7 +372,9 @@ impl Shard {
     /// Sets (`Some`) or clears (`None`) the session's status and publishes the
     /// change. Clearing a session without status publishes nothing.
     pub(super) fn set_status(&mut self, key: SessionKey, status: Option<Arc<str>>) {
-        let Some(entry) = self.entry_mut(key) else { return };
+        let Some(entry) = self.entry_mut(key) else {
+            return;
+        };
         let user = entry.user;
         let old = std::mem::replace(&mut entry.status, status.clone());
         let event = StatusPresenceEvent {
@@ -300,11 +411,15 @@ impl Shard {
     /// it (first, so they work in parallel), then delivers it locally.
     fn publish(&mut self, user: UserId, event: StatusPresenceEvent) {
         ShardStats::add(&self.stats.status_changes, 1);
-        let change = Arc::new(StatusChange::new(user, event));
-        if let Some(entry) = self.users.get(&user) {
-            for &(shard, _) in &entry.interest {
-                self.engine.send(shard as usize, ShardMsg::Deliver(change.clone()));
-            }
+        let interest = self
+            .users
+            .get(&user)
+            .map(|e| e.interest.as_slice())
+            .unwrap_or_default();
+        let change = Arc::new(StatusChange::new(user, event, 1 + interest.len()));
+        for &(shard, _) in interest {
+            self.engine
+                .send(shard as usize, ShardMsg::Deliver(change.clone()));
         }
         self.deliver(&change);
     }
@@ -313,35 +428,99 @@ impl Shard {
     /// format. This is the fan-out loop: no allocation per follower, one
     /// `Arc` clone and one queue push each.
     pub(super) fn deliver(&self, change: &StatusChange) {
-        let Some(followers) = self.followers.get(&change.user) else { return };
+        let Some(followers) = self.followers.followers_of(change.user) else {
+            // No follower here, but this shard still counts as done: the last
+            // shard to deliver records the fan-out time, even when it is not one
+            // that had followers. A change that only its owner delivers and that
+            // nobody follows has no fan-out to time.
+            if let Some(elapsed) = change.delivered() {
+                if change.shards() > 1 {
+                    self.stats.fanout.record(elapsed);
+                }
+            }
+            return;
+        };
+        let local = self.engine.router().shard_of_user(change.user) == self.index;
         let mut frames: [Option<Frame>; 2] = [None, None];
         let mut delivered = 0u64;
-        for &slot in followers {
-            let Some(outbox) = self.slots.get(slot as usize).and_then(|s| s.outbox.as_ref()) else {
-                continue;
+        followers.for_each(|slot| {
+            let Some(outbox) = self
+                .slots
+                .get(slot as usize)
+                .and_then(|s| s.outbox.as_ref())
+            else {
+                return;
             };
             let format = outbox.format();
-            let frame = frames[format as usize].get_or_insert_with(|| change.frame(format).clone());
+            let frame = frames[format as usize].get_or_insert_with(|| {
+                // Another shard's change: take a shard-local copy of the
+                // encoded bytes, so the reference count this loop bumps per
+                // follower never bounces between cores.
+                let shared = change.frame(format);
+                if local {
+                    shared.clone()
+                } else {
+                    shared.copied()
+                }
+            });
             if outbox.push(frame.clone()) == Push::Queued {
                 delivered += 1;
             }
-        }
+        });
         ShardStats::add(&self.stats.deliveries, delivered);
+        if let Some(elapsed) = change.delivered() {
+            self.stats.fanout.record(elapsed);
+        }
     }
 
     // ---- follow graph -----------------------------------------------------
 
-    pub(super) fn add_follower(&mut self, user: UserId, slot: u32) {
-        self.followers.entry(user).or_default().insert(slot);
+    /// Whether the session in `slot` follows `user` (its own user included).
+    pub(super) fn is_following(&self, slot: u32, user: UserId) -> bool {
+        self.followers
+            .followers_of(user)
+            .is_some_and(|set| set.contains(slot))
     }
 
-    pub(super) fn remove_follower(&mut self, user: UserId, slot: u32) {
-        if let Entry::Occupied(mut set) = self.followers.entry(user) {
-            set.get_mut().remove(&slot);
-            if set.get().is_empty() {
-                set.remove();
-            }
+    /// Adds the edge from session `key` to `user` on both sides of the graph.
+    /// False if it already existed or the session is gone.
+    pub(super) fn add_edge(&mut self, key: SessionKey, user: UserId) -> bool {
+        if self.outbox(key).is_none() {
+            return false;
         }
+        let (handle, new) = self.followers.add(user, key.slot);
+        if new {
+            if let Some(entry) = self
+                .entries
+                .get_mut(key.slot as usize)
+                .and_then(Option::as_mut)
+            {
+                entry.follows.insert(handle);
+            }
+            ShardStats::gauge(&self.stats.follow_edges, 1);
+        }
+        new
+    }
+
+    /// Removes the edge from session `key` to `user`; false if there was none.
+    pub(super) fn remove_edge(&mut self, key: SessionKey, user: UserId) -> bool {
+        let Some(handle) = self.followers.handle(user) else {
+            return false;
+        };
+        let Some(entry) = self.entry_mut(key) else {
+            return false;
+        };
+        if !entry.follows.remove(handle) {
+            return false;
+        }
+        self.followers.remove(handle, key.slot);
+        ShardStats::gauge(&self.stats.follow_edges, -1);
+        true
+    }
+
+    /// Number of users session `key` follows.
+    pub(super) fn follow_count(&mut self, key: SessionKey) -> usize {
+        self.entry_mut(key).map_or(0, |e| e.follows.len())
     }
 
     /// Tells each owner shard which of its users lost a follow edge from here.
@@ -351,7 +530,13 @@ impl Shard {
             if users.is_empty() || owner == self.index {
                 continue;
             }
-            self.engine.send(owner, ShardMsg::Unfollowed { from_shard: self.index as u16, users });
+            self.engine.send(
+                owner,
+                ShardMsg::Unfollowed {
+                    from_shard: self.index as u16,
+                    users,
+                },
+            );
         }
     }
 
@@ -365,7 +550,9 @@ impl Shard {
 
     /// Appends one presence per session of `user` (owned here) that has a status.
     pub(super) fn snapshot(&self, user: UserId, out: &mut Vec<Presence>) {
-        let Some(entry) = self.users.get(&user) else { return };
+        let Some(entry) = self.users.get(&user) else {
+            return;
+        };
         for &slot in &entry.online {
             if let Some(session) = self.entries.get(slot as usize).and_then(Option::as_ref) {
                 if let Some(status) = &session.status {
@@ -378,7 +565,11 @@ impl Shard {
     /// Counts a follow edge from `from_shard` to `user` (owned here).
     pub(super) fn count_interest(&mut self, user: UserId, from_shard: u16) {
         let entry = self.users.entry(user).or_default();
-        match entry.interest.iter_mut().find(|(shard, _)| *shard == from_shard) {
+        match entry
+            .interest
+            .iter_mut()
+            .find(|(shard, _)| *shard == from_shard)
+        {
             Some((_, count)) => *count += 1,
             None => entry.interest.push((from_shard, 1)),
         }
@@ -386,7 +577,11 @@ impl Shard {
 
     fn uncount_interest(&mut self, user: UserId, from_shard: u16) {
         if let Some(entry) = self.users.get_mut(&user) {
-            if let Some(pos) = entry.interest.iter().position(|(shard, _)| *shard == from_shard) {
+            if let Some(pos) = entry
+                .interest
+                .iter()
+                .position(|(shard, _)| *shard == from_shard)
+            {
                 entry.interest[pos].1 -= 1;
                 if entry.interest[pos].1 == 0 {
                     entry.interest.swap_remove(pos);
@@ -428,23 +623,42 @@ impl Shard {
     pub fn handle(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Deliver(change) => self.deliver(&change),
-            ShardMsg::Follow { from_shard, session, users, new_edges } => {
-                self.grant_follow(from_shard, session, users, new_edges)
-            }
-            ShardMsg::FollowGranted { from_shard, session, granted_new, presences } => {
-                self.follow_granted(from_shard, session, granted_new, presences)
-            }
+            ShardMsg::Follow {
+                from_shard,
+                session,
+                users,
+                new_edges,
+            } => self.grant_follow(from_shard, session, users, new_edges),
+            ShardMsg::FollowGranted {
+                from_shard,
+                session,
+                granted_new,
+                presences,
+            } => self.follow_granted(from_shard, session, granted_new, presences),
             ShardMsg::Unfollowed { from_shard, users } => {
                 for user in users {
                     self.uncount_interest(user, from_shard);
                 }
             }
-            ShardMsg::ResolveNames { from_shard, session, names } => {
+            ShardMsg::ResolveNames {
+                from_shard,
+                session,
+                names,
+            } => {
                 let users = names.iter().filter_map(|n| self.resolve_name(n)).collect();
-                self.engine.send(from_shard as usize, ShardMsg::NamesResolved { session, users });
+                self.engine.send(
+                    from_shard as usize,
+                    ShardMsg::NamesResolved { session, users },
+                );
             }
             ShardMsg::NamesResolved { session, users } => self.names_resolved(session, users),
-            ShardMsg::RegisterUser { user, username, owns_id, owns_name, done } => {
+            ShardMsg::RegisterUser {
+                user,
+                username,
+                owns_id,
+                owns_name,
+                done,
+            } => {
                 if owns_id {
                     self.register_id(user);
                 }
@@ -459,7 +673,11 @@ impl Shard {
                 let statuses = users.into_iter().map(|u| self.user_status(u)).collect();
                 let _ = reply.send(statuses);
             }
-            ShardMsg::Kick { session, cause, reply } => {
+            ShardMsg::Kick {
+                session,
+                cause,
+                reply,
+            } => {
                 let _ = reply.send(self.kick(session, cause));
             }
             ShardMsg::Shutdown => self.close_all(CloseCause::Shutdown),
@@ -475,7 +693,10 @@ impl Shard {
         self.snapshot(user, &mut presences);
         UserStatus {
             user_id: user,
-            sessions: presences.into_iter().map(|p| (p.session_id, p.status)).collect(),
+            sessions: presences
+                .into_iter()
+                .map(|p| (p.session_id, p.status))
+                .collect(),
         }
     }
 
@@ -504,7 +725,9 @@ impl Shard {
         let config = self.engine.config();
         let (period, wait) = (config.ping_period_sec, config.pong_wait_sec);
         for (slot, entry) in self.slots.iter().zip(self.entries.iter_mut()) {
-            let (Some(outbox), Some(entry)) = (&slot.outbox, entry) else { continue };
+            let (Some(outbox), Some(entry)) = (&slot.outbox, entry) else {
+                continue;
+            };
             if now.saturating_sub(outbox.last_heard()) >= wait {
                 outbox.close(CloseCause::Timeout);
             } else if now.saturating_sub(entry.last_ping) >= period {
@@ -532,9 +755,19 @@ impl Shard {
         self.users.get(&user).is_some_and(|u| u.known)
     }
     pub(super) fn interest_of(&self, user: UserId) -> Vec<(u16, u32)> {
-        self.users.get(&user).map(|u| u.interest.to_vec()).unwrap_or_default()
+        self.users
+            .get(&user)
+            .map(|u| u.interest.to_vec())
+            .unwrap_or_default()
     }
     pub(super) fn follower_count(&self, user: UserId) -> usize {
-        self.followers.get(&user).map_or(0, |s| s.len())
+        self.followers.followers_of(user).map_or(0, |s| s.len())
     }
+}
+
+/// Wall-clock unix seconds (for notification timestamps).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -6,6 +6,7 @@
 //! the blocks of all shards at scrape time.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Why a session ended, for `herald_sessions_closed_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +48,38 @@ impl CloseKind {
     }
 }
 
+/// How a REST authenticate call ended, for `herald_auth_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    /// A new account was created.
+    Created = 0,
+    /// An existing account was found.
+    Existing = 1,
+    /// Refused: server key, invalid id or body, account not found, username taken.
+    Rejected = 2,
+    /// The account store or token signing failed.
+    Error = 3,
+}
+
+impl AuthResult {
+    pub const ALL: [AuthResult; 4] = [
+        AuthResult::Created,
+        AuthResult::Existing,
+        AuthResult::Rejected,
+        AuthResult::Error,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthResult::Created => "created",
+            AuthResult::Existing => "existing",
+            AuthResult::Rejected => "rejected",
+            AuthResult::Error => "error",
+        }
+    }
+}
+
 /// One shard's counters (see the module doc). Padded so two shards never share a cache line.
 #[repr(align(128))]
 #[derive(Default)]
@@ -67,6 +100,47 @@ pub struct ShardStats {
     pub write_syscalls: AtomicU64,
     /// Sessions closed, per [`CloseKind`].
     pub closed: [AtomicU64; 6],
+    /// REST authenticate calls served on this shard's thread, per [`AuthResult`].
+    pub auth: [AtomicU64; 4],
+    /// Time from a status change to its last follower frame queued.
+    pub fanout: Histogram,
+}
+
+/// Upper bounds (seconds) of the `herald_fanout_seconds` buckets.
+pub const FANOUT_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+/// A fixed-bucket histogram of durations, written by one shard.
+#[derive(Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last slot is +Inf.
+    buckets: [AtomicU64; FANOUT_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn record(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = FANOUT_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(FANOUT_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A histogram summed over shards: per-bucket counts (not cumulative, last
+/// is +Inf), the sum in seconds and the count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistogramSnapshot {
+    pub buckets: [u64; FANOUT_BUCKETS.len() + 1],
+    pub sum_seconds: f64,
+    pub count: u64,
 }
 
 impl ShardStats {
@@ -84,10 +158,15 @@ impl ShardStats {
     pub fn closed(&self, kind: CloseKind) {
         self.closed[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Counts one authenticate call.
+    pub fn auth(&self, result: AuthResult) {
+        self.auth[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A point-in-time sum over all shards.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsSnapshot {
     pub sessions: i64,
     pub users_online: i64,
@@ -97,6 +176,8 @@ pub struct StatsSnapshot {
     pub bytes_written: u64,
     pub write_syscalls: u64,
     pub closed: [u64; 6],
+    pub auth: [u64; 4],
+    pub fanout: HistogramSnapshot,
 }
 
 impl StatsSnapshot {
@@ -115,6 +196,14 @@ impl StatsSnapshot {
             for (sum, c) in total.closed.iter_mut().zip(&s.closed) {
                 *sum += c.load(r);
             }
+            for (sum, c) in total.auth.iter_mut().zip(&s.auth) {
+                *sum += c.load(r);
+            }
+            for (sum, c) in total.fanout.buckets.iter_mut().zip(&s.fanout.buckets) {
+                *sum += c.load(r);
+            }
+            total.fanout.sum_seconds += s.fanout.sum_nanos.load(r) as f64 / 1e9;
+            total.fanout.count += s.fanout.count.load(r);
         }
         total
     }
@@ -122,5 +211,10 @@ impl StatsSnapshot {
     /// Sessions closed for `kind`.
     pub fn closed(&self, kind: CloseKind) -> u64 {
         self.closed[kind as usize]
+    }
+
+    /// Authenticate calls that ended with `result`.
+    pub fn auth(&self, result: AuthResult) -> u64 {
+        self.auth[result as usize]
     }
 }

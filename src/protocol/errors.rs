@@ -43,6 +43,12 @@ pub const STATUS_TOO_LONG: ProtocolError = keep_open(
 );
 /// Herald's follow cap (`--max-follows`); Nakama has no such limit.
 pub const TOO_MANY_FOLLOWS: ProtocolError = keep_open(ErrorCode::BadInput, "Too many follows");
+/// Herald's opt-in `--status-update-rate`.
+pub const UPDATE_RATE_LIMITED: ProtocolError =
+    keep_open(ErrorCode::BadInput, "Status update rate limit exceeded");
+/// Herald's opt-in `--follow-rate`.
+pub const FOLLOW_RATE_LIMITED: ProtocolError =
+    keep_open(ErrorCode::BadInput, "Follow rate limit exceeded");
 pub const COULD_NOT_CHECK_USERS: ProtocolError =
     keep_open(ErrorCode::RuntimeException, "Could not check users");
 pub const ERROR_TRACKING_STATUS: ProtocolError =

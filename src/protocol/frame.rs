@@ -76,6 +76,12 @@ impl Frame {
         })
     }
 
+    /// A copy of these bytes in a new allocation with its own reference
+    /// count (a shard's local copy of another shard's event; see `engine::shard`).
+    pub fn copied(&self) -> Frame {
+        Frame(Arc::from(&self.0[..]))
+    }
+
     /// The frame's bytes, ready to write.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -101,6 +101,35 @@ pub enum ReplyBody<'a> {
     Status(&'a [Presence]),
     /// `error`.
     Error { code: ErrorCode, message: &'a str },
+    /// `notifications` with one notification, pushed without a cid (the
+    /// single-socket notice: Herald sends no other notifications).
+    Notification(&'a Notification),
+}
+
+/// One `api.Notification`, as Nakama sends it to a socket that a newer
+/// socket of the same user replaces (`--single-socket`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// A fresh UUID.
+    pub id: String,
+    pub subject: &'static str,
+    pub content: &'static str,
+    pub code: i32,
+    /// Unix seconds; written as `create_time` (an RFC 3339 string in JSON).
+    pub create_time: i64,
+}
+
+impl Notification {
+    /// The notice Nakama sends before closing a socket replaced by a newer one.
+    pub fn single_socket(now_unix: i64) -> Notification {
+        Notification {
+            id: uuid::Uuid::new_v4().to_string(),
+            subject: "single_socket",
+            content: "{}",
+            code: -7,
+            create_time: now_unix,
+        }
+    }
 }
 
 /// Any server → client envelope, owned. The server never decodes these; tools

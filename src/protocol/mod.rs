@@ -14,10 +14,12 @@ pub mod frame;
 pub mod json;
 pub mod message;
 pub mod protobuf;
+pub mod time;
 
 pub use frame::Frame;
 pub use message::{
-    ErrorCode, Malformed, Presence, Reply, ReplyBody, Request, RequestBody, StatusPresenceEvent,
+    ErrorCode, Malformed, Notification, Presence, Reply, ReplyBody, Request, RequestBody,
+    ServerBody, ServerMessage, StatusPresenceEvent,
 };
 
 /// A session's wire format, fixed at connect time by the `format` query parameter.

@@ -43,6 +43,10 @@ pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 const MESSAGES_PER_LIVENESS: u32 = 20;
 /// Socket reads per poll before the task yields to others on the shard.
 const READS_PER_POLL: usize = 8;
+/// Client messages handled per poll before the task yields, so that a client
+/// pipelining a burst of updates cannot keep its followers' writers from
+/// draining their outboxes in between.
+const MESSAGES_PER_POLL: u32 = 16;
 
 thread_local! {
     /// The shard thread's read buffer, shared by all its connections.
@@ -53,7 +57,9 @@ thread_local! {
 enum Phase {
     Open,
     /// We sent (or are sending) a close frame and wait for the client's.
-    Closing { deadline: Pin<Box<Sleep>> },
+    Closing {
+        deadline: Pin<Box<Sleep>>,
+    },
     /// The client closed first; our answer is being flushed, then we end.
     Answering,
 }
@@ -77,7 +83,14 @@ pub struct Connection<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// A task for the session `key`, already registered on `ctx`'s shard.
     /// `early` holds bytes the client sent right after the handshake.
-    pub fn new(io: S, ctx: Rc<ShardContext>, key: SessionKey, outbox: Arc<Outbox>, max_message: usize, early: &[u8]) -> Self {
+    pub fn new(
+        io: S,
+        ctx: Rc<ShardContext>,
+        key: SessionKey,
+        outbox: Arc<Outbox>,
+        max_message: usize,
+        early: &[u8],
+    ) -> Self {
         let mut reader = FrameReader::new(max_message);
         reader.partial.extend_from_slice(early);
         Connection {
@@ -106,26 +119,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// Starts the closing handshake from our side.
     fn begin_close(&mut self, code: u16, reason: &str, kind: CloseKind) {
+        if kind == CloseKind::SlowConsumer && self.registered {
+            // One line per session cut off (a notable event), never per frame.
+            let ids = self.ctx.shard.borrow().session_ids(self.key);
+            tracing::info!(
+                session_id = %ids.map_or(String::new(), |(session, _)| session.to_string()),
+                user_id = %ids.map_or(String::new(), |(_, user)| user.to_string()),
+                limit_bytes = self.ctx.engine.config().outgoing_queue_bytes,
+                "slow consumer disconnected: session outgoing queue full"
+            );
+        }
         self.unregister(kind);
         if kind == CloseKind::SlowConsumer {
             self.outbox.discard_queued();
             self.writes.discard(&self.outbox);
         }
         self.writes.close_after(Frame::close(code, reason));
-        self.phase = Phase::Closing { deadline: Box::pin(tokio::time::sleep(CLOSE_WAIT)) };
+        self.phase = Phase::Closing {
+            deadline: Box::pin(tokio::time::sleep(CLOSE_WAIT)),
+        };
     }
 
     /// Closes for the reason the engine gave.
     fn close_for(&mut self, cause: CloseCause) {
         match cause {
-            CloseCause::SlowConsumer => {
-                self.begin_close(1000, close_reason::OUTGOING_QUEUE_FULL, CloseKind::SlowConsumer)
-            }
+            CloseCause::SlowConsumer => self.begin_close(
+                1000,
+                close_reason::OUTGOING_QUEUE_FULL,
+                CloseKind::SlowConsumer,
+            ),
             CloseCause::Timeout => self.begin_close(1000, "ping timeout", CloseKind::Timeout),
             CloseCause::Shutdown => self.begin_close(1001, "going away", CloseKind::Shutdown),
             CloseCause::Kicked(reason) => {
-                let reason = if reason.is_empty() { close_reason::SERVER_SIDE_DISCONNECT } else { reason.as_str() };
-                self.begin_close(1000, &reason.to_owned(), CloseKind::Kicked)
+                let reason = if reason.is_empty() {
+                    close_reason::SERVER_SIDE_DISCONNECT
+                } else {
+                    reason.as_str()
+                };
+                self.begin_close(1000, reason, CloseKind::Kicked)
             }
         }
     }
@@ -142,15 +173,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let mut filled = self.reader.partial.len();
             buf[..filled].copy_from_slice(&self.reader.partial);
             self.reader.partial = Vec::new();
-            for _ in 0..READS_PER_POLL {
-                let consumed = self.handle_frames(&mut buf[..filled]);
-                if consumed < filled {
-                    buf.copy_within(consumed..filled, 0);
-                }
+            let mut budget = MESSAGES_PER_POLL;
+            let mut reads = 0;
+            loop {
+                let consumed = self.handle_frames(&mut buf[..filled], &mut budget);
+                buf.copy_within(consumed..filled, 0);
                 filled -= consumed;
-                if !matches!(self.phase, Phase::Open) || self.outbox.request_pending() || self.outbox.is_closing() {
+                if !matches!(self.phase, Phase::Open)
+                    || self.outbox.request_pending()
+                    || self.outbox.is_closing()
+                {
                     self.reader.partial.extend_from_slice(&buf[..filled]);
                     return Poll::Ready(Ok(()));
+                }
+                if budget == 0 || reads == READS_PER_POLL {
+                    // Budget spent: keep the rest for the next poll and let
+                    // the other tasks of this shard (followers' writers) run.
+                    self.reader.partial.extend_from_slice(&buf[..filled]);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 let mut read_buf = ReadBuf::new(&mut buf[filled..]);
                 match Pin::new(&mut self.io).poll_read(cx, &mut read_buf) {
@@ -159,24 +200,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         return Poll::Pending;
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
-                    Poll::Ready(Ok(())) if read_buf.filled().is_empty() => return Poll::Ready(Err(())),
+                    Poll::Ready(Ok(())) if read_buf.filled().is_empty() => {
+                        return Poll::Ready(Err(()))
+                    }
                     Poll::Ready(Ok(())) => filled += read_buf.filled().len(),
                 }
+                reads += 1;
             }
-            // Read budget spent: process what we have, then let others run.
-            let consumed = self.handle_frames(&mut buf[..filled]);
-            self.reader.partial.extend_from_slice(&buf[consumed..filled]);
-            cx.waker().wake_by_ref();
-            Poll::Pending
         })
     }
 
-    /// Handles the complete frames in `buf`; returns how many bytes they took.
-    fn handle_frames(&mut self, buf: &mut [u8]) -> usize {
+    /// Handles the complete frames in `buf`, at most `budget` of them;
+    /// returns how many bytes they took.
+    fn handle_frames(&mut self, buf: &mut [u8], budget: &mut u32) -> usize {
         let mut pos = 0;
-        while matches!(self.phase, Phase::Open) && !self.outbox.request_pending() && !self.outbox.is_closing() {
+        while *budget > 0
+            && matches!(self.phase, Phase::Open)
+            && !self.outbox.request_pending()
+            && !self.outbox.is_closing()
+        {
             let event = match self.reader.next(buf, &mut pos) {
-                Ok(Some(event)) => event,
+                Ok(Some(event)) => {
+                    *budget -= 1;
+                    event
+                }
                 Ok(None) => break,
                 Err(Violation { code, reason }) => {
                     self.begin_close(code, reason, CloseKind::Malformed);
@@ -186,7 +233,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             match event {
                 WsEvent::Message { opcode, payload } => {
                     if opcode != self.format.opcode() {
-                        self.begin_close(1000, close_reason::UNEXPECTED_MESSAGE_TYPE, CloseKind::Malformed);
+                        self.begin_close(
+                            1000,
+                            close_reason::UNEXPECTED_MESSAGE_TYPE,
+                            CloseKind::Malformed,
+                        );
                         break;
                     }
                     self.messages = self.messages.wrapping_add(1);
@@ -196,13 +247,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     let request = match self.format.decode(payload) {
                         Ok(request) => request,
                         Err(_) => {
-                            self.begin_close(1000, close_reason::MALFORMED_PAYLOAD, CloseKind::Malformed);
+                            self.begin_close(
+                                1000,
+                                close_reason::MALFORMED_PAYLOAD,
+                                CloseKind::Malformed,
+                            );
                             break;
                         }
                     };
                     let outcome = self.ctx.shard.borrow_mut().dispatch(self.key, request);
                     if outcome == Outcome::Close {
-                        self.begin_close(1000, close_reason::ERROR_PROCESSING, CloseKind::Malformed);
+                        self.begin_close(
+                            1000,
+                            close_reason::ERROR_PROCESSING,
+                            CloseKind::Malformed,
+                        );
                     }
                 }
                 WsEvent::Ping(payload) => {
@@ -265,7 +324,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
                         this.close_for(cause);
                         continue;
                     }
-                    if this.writes.poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats).is_ready_err() {
+                    if this
+                        .writes
+                        .poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats)
+                        .is_ready_err()
+                    {
                         this.unregister(CloseKind::Client);
                         return Poll::Ready(());
                     }
@@ -280,7 +343,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
                         Poll::Ready(Ok(())) => continue,
                         Poll::Pending => {
                             // Replies queued by the frames just handled are written now.
-                            if this.writes.poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats).is_ready_err() {
+                            if this
+                                .writes
+                                .poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats)
+                                .is_ready_err()
+                            {
                                 this.unregister(CloseKind::Client);
                                 return Poll::Ready(());
                             }
@@ -289,7 +356,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
                     }
                 }
                 Phase::Answering => {
-                    return match this.writes.poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats) {
+                    return match this.writes.poll_flush(
+                        cx,
+                        &mut this.io,
+                        &this.outbox,
+                        &this.ctx.stats,
+                    ) {
                         Poll::Pending => Poll::Pending,
                         Poll::Ready(_) => Poll::Ready(()),
                     };
@@ -298,7 +370,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Future for Connection<S> {
                     if deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(());
                     }
-                    match this.writes.poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats) {
+                    match this
+                        .writes
+                        .poll_flush(cx, &mut this.io, &this.outbox, &this.ctx.stats)
+                    {
                         Poll::Ready(Err(_)) => return Poll::Ready(()),
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Ok(())) => {}

@@ -15,8 +15,8 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
-use super::http;
 use super::ServerState;
+use super::{http, tls};
 use crate::engine::ShardContext;
 
 /// Pending connections the kernel may queue per listener.
@@ -28,7 +28,11 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
     let mut listeners = Vec::with_capacity(count);
     let mut bound = addr;
     for _ in 0..count.max(1) {
-        let socket = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(
+            Domain::for_address(bound),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
@@ -42,8 +46,12 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
 }
 
 /// Accepts connections on this shard until shutdown reaches it, serving each
-/// as HTTP on this shard's thread.
-pub async fn accept_loop(ctx: Rc<ShardContext>, state: Arc<ServerState>, listener: std::net::TcpListener) {
+/// as HTTP on this shard's thread (after the TLS handshake, with `--tls-cert`).
+pub async fn accept_loop(
+    ctx: Rc<ShardContext>,
+    state: Arc<ServerState>,
+    listener: std::net::TcpListener,
+) {
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -60,7 +68,20 @@ pub async fn accept_loop(ctx: Rc<ShardContext>, state: Arc<ServerState>, listene
         match accepted {
             Ok((stream, _peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::task::spawn_local(http::serve(ctx.clone(), state.clone(), stream));
+                match &state.tls {
+                    None => {
+                        tokio::task::spawn_local(http::serve(ctx.clone(), state.clone(), stream));
+                    }
+                    Some(acceptor) => {
+                        let (ctx, state, acceptor) = (ctx.clone(), state.clone(), acceptor.clone());
+                        tokio::task::spawn_local(async move {
+                            match tls::handshake(&acceptor, stream).await {
+                                Ok(stream) => http::serve(ctx, state, stream).await,
+                                Err(error) => tracing::debug!(%error, "TLS handshake failed"),
+                            }
+                        });
+                    }
+                }
             }
             Err(error) => {
                 // Out of descriptors or memory: back off instead of spinning.

@@ -3,6 +3,8 @@
 //! * [`listener`]: `SO_REUSEPORT` listeners, one accept loop per shard.
 //! * [`http`]: hyper HTTP/1.1 routing and CORS for `GET /`, `GET /ws` and REST.
 //! * [`rest`]: the REST endpoints (authenticate, session refresh).
+//! * [`status_page`]: the live status page at `/status-demo`, embedded in the binary.
+//! * [`tls`]: rustls for `--tls-cert`/`--tls-key`, and moving a TLS session between shards.
 //! * [`upgrade`]: the `/ws` handshake: format, token, upgrade, hand-off to the home shard.
 //! * [`connection`]: a session's task: frames in, requests to the shard, outbox out.
 //! * [`frame_reader`] and [`writer`]: websocket frames in, coalesced `writev` out.
@@ -16,6 +18,8 @@ pub mod frame_reader;
 pub mod http;
 pub mod listener;
 pub mod rest;
+pub mod status_page;
+pub mod tls;
 pub mod upgrade;
 pub mod writer;
 
@@ -35,4 +39,6 @@ pub struct ServerState {
     pub websockets: AtomicUsize,
     /// Most websocket sessions at once; past it the upgrade gets 503.
     pub max_connections: usize,
+    /// The TLS acceptor when `--tls-cert`/`--tls-key` are set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }

@@ -45,6 +45,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{AccountError, AccountStore, IdKind, Tokens, Vars};
+use crate::engine::stats::{AuthResult, ShardStats};
 use crate::engine::EngineHandle;
 
 /// Nakama's `socket.max_request_size_bytes` default.
@@ -62,6 +63,9 @@ pub struct RestContext {
     pub engine: EngineHandle,
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// The counters of the shard thread serving the request: authenticate
+    /// outcomes go to `herald_auth_total{result}`.
+    pub stats: Arc<ShardStats>,
 }
 
 /// Client-visible texts, as Nakama writes them (`server/api.go`
@@ -193,7 +197,7 @@ pub fn error_response(status: StatusCode, grpc_code: i32, message: &str) -> Resp
     response
 }
 
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
     // Serializing these plain structs cannot fail; fall back to an empty object anyway.
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
@@ -238,10 +242,14 @@ pub async fn authenticate(
     kind: IdKind,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    match authenticate_request(ctx, kind, req).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    }
+    let (response, result) = match authenticate_request(ctx, kind, req).await {
+        Ok((response, true)) => (response, AuthResult::Created),
+        Ok((response, false)) => (response, AuthResult::Existing),
+        Err(error @ RestError::Internal(_)) => (error.into_response(), AuthResult::Error),
+        Err(error) => (error.into_response(), AuthResult::Rejected),
+    };
+    ctx.stats.auth(result);
+    response
 }
 
 /// `POST /v2/account/session/refresh`.
@@ -252,15 +260,16 @@ pub async fn refresh(ctx: &RestContext, req: Request<Incoming>) -> Response<Full
     }
 }
 
+/// The response, and whether the account was created.
 async fn authenticate_request(
     ctx: &RestContext,
     kind: IdKind,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, RestError> {
+) -> Result<(Response<Full<Bytes>>, bool), RestError> {
     let (parts, body) = req.into_parts();
     check_server_key(&parts.headers, &ctx.server_key)?;
     // grpc-gateway order: body, then query, then the handler's checks.
-    let account: Option<AccountBody> = read_json(body, ctx.max_body_bytes).await?;
+    let account: Option<AccountBody> = read_json(&parts.headers, body, ctx.max_body_bytes).await?;
     let query = AuthQuery::parse(parts.uri.query())?;
     let (id, vars) = match account {
         Some(account) => (
@@ -299,14 +308,15 @@ async fn authenticate_request(
     ctx.engine
         .register_user(account.user_id, &account.username)
         .await;
-    Ok(json_response(
+    let response = json_response(
         StatusCode::OK,
         &SessionBody {
             created: account.created,
             token: &issued.token,
             refresh_token: &issued.refresh_token,
         },
-    ))
+    );
+    Ok((response, account.created))
 }
 
 async fn refresh_request(
@@ -315,7 +325,7 @@ async fn refresh_request(
 ) -> Result<Response<Full<Bytes>>, RestError> {
     let (parts, body) = req.into_parts();
     check_server_key(&parts.headers, &ctx.server_key)?;
-    let request: Option<RefreshBody> = read_json(body, ctx.max_body_bytes).await?;
+    let request: Option<RefreshBody> = read_json(&parts.headers, body, ctx.max_body_bytes).await?;
     let (token, vars) = match request {
         Some(request) => (request.token.unwrap_or_default(), request.vars),
         None => (String::new(), None),
@@ -391,7 +401,7 @@ fn basic_auth_user(header: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Compares in time that depends only on the secret's length.
-fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
     let mut diff = given.len() ^ secret.len();
     for (index, expected) in secret.iter().enumerate() {
         let actual = given.get(index).copied().unwrap_or(0);
@@ -404,10 +414,12 @@ fn constant_time_eq(given: &[u8], secret: &[u8]) -> bool {
 /// Reads the whole body (at most `max` bytes) and parses its first JSON
 /// value, as grpc-gateway's decoder does: an empty body or `null` is `None`,
 /// unknown fields are ignored, anything after the first value is ignored.
-async fn read_json<T: DeserializeOwned>(
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    headers: &hyper::HeaderMap,
     body: Incoming,
     max: usize,
 ) -> Result<Option<T>, RestError> {
+    let encoding = content_encoding(headers)?;
     if body.size_hint().lower() > u64::try_from(max).unwrap_or(u64::MAX) {
         return Err(RestError::BodyTooLarge);
     }
@@ -422,7 +434,56 @@ async fn read_json<T: DeserializeOwned>(
             ));
         }
     };
-    parse_json(&bytes)
+    match encoding {
+        Encoding::Identity => parse_json(&bytes),
+        compressed => parse_json(&inflate(compressed, &bytes, max)?),
+    }
+}
+
+/// A request body's `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Deflate,
+}
+
+fn content_encoding(headers: &hyper::HeaderMap) -> Result<Encoding, RestError> {
+    let Some(value) = headers.get(hyper::header::CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    match value
+        .to_str()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        Ok("" | "identity") => Ok(Encoding::Identity),
+        Ok("gzip" | "x-gzip") => Ok(Encoding::Gzip),
+        Ok("deflate") => Ok(Encoding::Deflate),
+        _ => Err(RestError::InvalidArgument(
+            "Unsupported Content-Encoding: use gzip, deflate or none".into(),
+        )),
+    }
+}
+
+/// Inflates a compressed body, never past `max` bytes: a compression bomb
+/// is refused with 413 after at most `max` bytes of output, whatever it
+/// claims to hold. (Nakama inflates without a bound.)
+fn inflate(encoding: Encoding, bytes: &[u8], max: usize) -> Result<Vec<u8>, RestError> {
+    use std::io::Read;
+    let reader: Box<dyn Read + '_> = match encoding {
+        Encoding::Gzip => Box::new(flate2::read::GzDecoder::new(bytes)),
+        _ => Box::new(flate2::read::ZlibDecoder::new(bytes)),
+    };
+    let mut out = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    match reader.take(limit).read_to_end(&mut out) {
+        Ok(_) if out.len() > max => Err(RestError::BodyTooLarge),
+        Ok(_) => Ok(out),
+        Err(error) => Err(RestError::InvalidArgument(
+            format!("Could not decompress request body: {error}").into(),
+        )),
+    }
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, RestError> {
@@ -643,6 +704,47 @@ fn validate_username(name: String) -> Result<String, RestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = encoder.write_all(bytes);
+        encoder.finish().unwrap_or_default()
+    }
+
+    #[test]
+    fn gzip_bodies_are_inflated() {
+        let body = br#"{"id":"custom-id-1"}"#;
+        assert_eq!(
+            inflate(Encoding::Gzip, &gzip(body), 1024).ok().as_deref(),
+            Some(&body[..])
+        );
+    }
+
+    #[test]
+    fn a_compression_bomb_stops_at_the_limit() {
+        let bomb = gzip(&vec![b' '; 50 << 20]);
+        assert!(bomb.len() < 256 * 1024);
+        assert!(matches!(
+            inflate(Encoding::Gzip, &bomb, 256 * 1024),
+            Err(RestError::BodyTooLarge)
+        ));
+    }
+
+    #[test]
+    fn unknown_encodings_are_refused() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(
+            hyper::header::CONTENT_ENCODING,
+            hyper::header::HeaderValue::from_static("br"),
+        );
+        assert!(content_encoding(&headers).is_err());
+        headers.insert(
+            hyper::header::CONTENT_ENCODING,
+            hyper::header::HeaderValue::from_static("GZIP"),
+        );
+        assert_eq!(content_encoding(&headers).ok(), Some(Encoding::Gzip));
+    }
 
     fn headers_with(values: &[&str]) -> HeaderMap {
         let mut headers = HeaderMap::new();

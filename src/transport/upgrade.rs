@@ -7,9 +7,11 @@
 //! 3. `status` parsed like Go's `strconv.ParseBool`, unparsable = false; `lang` is ignored.
 //! 4. Past `--max-connections` open sessions → 503, never a hang.
 //! 5. The upgrade (fastwebsockets checks the key and version; no extensions,
-//!    no subprotocol), then the socket moves to the user's home shard, where
-//!    the session is registered and its task starts.
+//!    no subprotocol), then the socket (with its TLS state, under
+//!    `--tls-cert`) moves to the user's home shard, where the session is
+//!    registered and its task starts.
 
+use std::io;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,10 +20,12 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::connection::Connection;
 use super::http::{plain, Body};
+use super::tls::{DetachedTls, TlsIo};
 use super::ServerState;
 use crate::auth::SessionClaims;
 use crate::engine::{Outbox, SessionSpec, ShardContext};
@@ -39,7 +43,11 @@ struct Handshake {
 }
 
 /// Handles `GET /ws` (see the module doc).
-pub async fn websocket(ctx: &Rc<ShardContext>, state: &Arc<ServerState>, mut request: Request<Incoming>) -> Response<Body> {
+pub async fn websocket(
+    ctx: &Rc<ShardContext>,
+    state: &Arc<ServerState>,
+    mut request: Request<Incoming>,
+) -> Response<Body> {
     let query = Query::parse(request.uri().query().unwrap_or(""));
     let Some(format) = Format::from_query(query.format.as_deref().unwrap_or("")) else {
         return plain(StatusCode::BAD_REQUEST, INVALID_FORMAT);
@@ -73,12 +81,22 @@ pub async fn websocket(ctx: &Rc<ShardContext>, state: &Arc<ServerState>, mut req
             return plain(StatusCode::BAD_REQUEST, "Bad Request");
         }
     };
-    let handshake = Handshake { claims, format, appear_online };
+    let handshake = Handshake {
+        claims,
+        format,
+        appear_online,
+    };
     let (ctx, state) = (ctx.clone(), state.clone());
     tokio::task::spawn_local(async move {
         let slot = WebsocketSlot(state.clone());
         match upgrading.await {
-            Ok(websocket) => hand_off(&ctx, state, websocket.into_inner().into_inner(), handshake, slot),
+            Ok(websocket) => hand_off(
+                &ctx,
+                state,
+                websocket.into_inner().into_inner(),
+                handshake,
+                slot,
+            ),
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }
     });
@@ -95,38 +113,108 @@ impl Drop for WebsocketSlot {
     }
 }
 
-/// Moves the upgraded socket to the user's home shard and starts the session there.
-fn hand_off(ctx: &Rc<ShardContext>, state: Arc<ServerState>, upgraded: hyper::upgrade::Upgraded, handshake: Handshake, slot: WebsocketSlot) {
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(_) => {
-            tracing::error!("upgraded connection is not a TCP stream");
-            return;
+/// A stream a websocket session runs on, and how it moves to another shard:
+/// detached from the accepting shard's reactor, sent, attached on the home
+/// shard. Plain TCP moves as a `std` socket; TLS moves with its rustls state
+/// (see [`super::tls`]).
+trait SessionIo: AsyncRead + AsyncWrite + Unpin + Sized + 'static {
+    type Detached: Send + 'static;
+    fn detach(self) -> io::Result<Self::Detached>;
+    fn attach(detached: Self::Detached) -> io::Result<Self>;
+}
+
+impl SessionIo for TcpStream {
+    type Detached = std::net::TcpStream;
+
+    fn detach(self) -> io::Result<std::net::TcpStream> {
+        self.into_std()
+    }
+
+    fn attach(detached: std::net::TcpStream) -> io::Result<TcpStream> {
+        TcpStream::from_std(detached)
+    }
+}
+
+impl SessionIo for TlsIo {
+    type Detached = DetachedTls;
+
+    fn detach(self) -> io::Result<DetachedTls> {
+        DetachedTls::detach(self)
+    }
+
+    fn attach(detached: DetachedTls) -> io::Result<TlsIo> {
+        detached.attach()
+    }
+}
+
+/// Takes the socket out of the upgraded connection (plain or TLS) and hands
+/// it to the user's home shard.
+fn hand_off(
+    ctx: &Rc<ShardContext>,
+    state: Arc<ServerState>,
+    upgraded: hyper::upgrade::Upgraded,
+    handshake: Handshake,
+    slot: WebsocketSlot,
+) {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            return move_home(ctx, state, stream, parts.read_buf, handshake, slot);
         }
+        Err(upgraded) => upgraded,
     };
-    let stream = parts.io.into_inner();
-    let early = parts.read_buf;
+    match upgraded.downcast::<TokioIo<TlsIo>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            move_home(ctx, state, stream, parts.read_buf, handshake, slot);
+        }
+        Err(_) => tracing::error!("upgraded connection is neither TCP nor TLS"),
+    }
+}
+
+/// Starts the session here if this is the user's home shard, else moves the
+/// socket there first.
+fn move_home<S: SessionIo>(
+    ctx: &Rc<ShardContext>,
+    state: Arc<ServerState>,
+    stream: S,
+    early: Bytes,
+    handshake: Handshake,
+    slot: WebsocketSlot,
+) {
     let home = ctx.engine.router().shard_of_user(handshake.claims.user_id);
     if home == ctx.index {
         start_session(ctx, state, stream, early, handshake, slot);
         return;
     }
-    let stream = match stream.into_std() {
-        Ok(stream) => stream,
+    let detached = match stream.detach() {
+        Ok(detached) => detached,
         Err(error) => {
             tracing::warn!(%error, "cannot move a socket to its home shard");
             return;
         }
     };
-    ctx.engine.run_on(home, move |ctx| match TcpStream::from_std(stream) {
-        Ok(stream) => start_session(ctx, state, stream, early, handshake, slot),
-        Err(error) => tracing::warn!(%error, "cannot adopt a socket on its home shard"),
-    });
+    ctx.engine
+        .run_on(home, move |ctx| match S::attach(detached) {
+            Ok(stream) => start_session(ctx, state, stream, early, handshake, slot),
+            Err(error) => tracing::warn!(%error, "cannot adopt a socket on its home shard"),
+        });
 }
 
 /// On the home shard: registers the session and spawns its task.
-fn start_session(ctx: &Rc<ShardContext>, state: Arc<ServerState>, stream: TcpStream, early: Bytes, handshake: Handshake, slot: WebsocketSlot) {
-    let Handshake { claims, format, appear_online } = handshake;
+fn start_session<S: SessionIo>(
+    ctx: &Rc<ShardContext>,
+    state: Arc<ServerState>,
+    stream: S,
+    early: Bytes,
+    handshake: Handshake,
+    slot: WebsocketSlot,
+) {
+    let Handshake {
+        claims,
+        format,
+        appear_online,
+    } = handshake;
     let limit = usize::try_from(state.config.outgoing_queue_bytes).unwrap_or(usize::MAX);
     let outbox = Arc::new(Outbox::new(format, limit, ctx.engine.now()));
     let spec = SessionSpec {

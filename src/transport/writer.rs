@@ -44,15 +44,21 @@ impl WriteQueue {
     }
 
     /// Drops the frames held here, releasing their bytes from the outbox
-    /// bound. A frame already partly written is kept: it must be finished,
-    /// or whatever follows it (the close frame) would be read as its payload.
+    /// bound, except a frame already partly written: its rest must still go
+    /// out, or the next frame (the close frame) would land inside its payload
+    /// and the client would read garbage instead of the close.
     pub fn discard(&mut self, outbox: &Outbox) {
-        let started = if self.offset > 0 { self.held.pop_front() } else { None };
+        let started = if self.offset > 0 {
+            self.held.pop_front()
+        } else {
+            None
+        };
         let bytes: usize = self.held.iter().map(Frame::len).sum();
         outbox.written(bytes);
         self.held = VecDeque::new();
-        if let Some(frame) = started {
-            self.held.push_back(frame);
+        match started {
+            Some(frame) => self.held.push_back(frame),
+            None => self.offset = 0,
         }
     }
 
@@ -132,7 +138,10 @@ impl WriteQueue {
         io: &mut S,
         stats: &ShardStats,
     ) -> Poll<io::Result<()>> {
-        let Some((frame, offset)) = self.close.as_mut() else { return Poll::Ready(Ok(())) };
+        let Some((frame, offset)) = self.close.as_mut() else {
+            // Free for TCP; a TLS stream sends the records it still buffers.
+            return Pin::new(&mut *io).poll_flush(cx);
+        };
         while *offset < frame.len() {
             match Pin::new(&mut *io).poll_write(cx, &frame.as_bytes()[*offset..]) {
                 Poll::Pending => return Poll::Pending,
@@ -149,5 +158,117 @@ impl WriteQueue {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use fastwebsockets::OpCode;
+
+    use super::*;
+    use crate::protocol::Format;
+
+    /// A socket that takes at most `room` more bytes, then would block.
+    struct Socket {
+        out: Vec<u8>,
+        room: usize,
+    }
+
+    impl AsyncWrite for Socket {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.room);
+            if n == 0 {
+                return Poll::Pending;
+            }
+            self.room -= n;
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_close_after_a_discard_follows_the_frame_already_started() {
+        let outbox = Outbox::new(Format::Json, 1 << 20, 0);
+        let frames: Vec<Frame> = (1..=3u8)
+            .map(|i| Frame::control(OpCode::Ping, &[i; 100]))
+            .collect();
+        for frame in &frames {
+            outbox.push(frame.clone());
+        }
+        let stats = ShardStats::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut socket = Socket {
+            out: Vec::new(),
+            room: 150,
+        };
+        let mut writes = WriteQueue::default();
+        assert!(writes
+            .poll_flush(&mut cx, &mut socket, &outbox, &stats)
+            .is_pending());
+
+        // The session is cut off in the middle of the second frame.
+        outbox.discard_queued();
+        writes.discard(&outbox);
+        let close = Frame::close(1000, "session outgoing queue full");
+        writes.close_after(close.clone());
+        socket.room = usize::MAX;
+        assert!(matches!(
+            writes.poll_flush(&mut cx, &mut socket, &outbox, &stats),
+            Poll::Ready(Ok(()))
+        ));
+
+        let mut expected = frames[0].as_bytes().to_vec();
+        expected.extend_from_slice(frames[1].as_bytes());
+        expected.extend_from_slice(close.as_bytes());
+        assert_eq!(socket.out, expected);
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_discard_between_frames_drops_them_all() {
+        let outbox = Outbox::new(Format::Json, 1 << 20, 0);
+        let frames: Vec<Frame> = (1..=3u8)
+            .map(|i| Frame::control(OpCode::Ping, &[i; 100]))
+            .collect();
+        for frame in &frames {
+            outbox.push(frame.clone());
+        }
+        let stats = ShardStats::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut socket = Socket {
+            out: Vec::new(),
+            room: frames[0].len(),
+        };
+        let mut writes = WriteQueue::default();
+        assert!(writes
+            .poll_flush(&mut cx, &mut socket, &outbox, &stats)
+            .is_pending());
+        outbox.discard_queued();
+        writes.discard(&outbox);
+        let close = Frame::close(1000, "");
+        writes.close_after(close.clone());
+        socket.room = usize::MAX;
+        assert!(matches!(
+            writes.poll_flush(&mut cx, &mut socket, &outbox, &stats),
+            Poll::Ready(Ok(()))
+        ));
+        let mut expected = frames[0].as_bytes().to_vec();
+        expected.extend_from_slice(close.as_bytes());
+        assert_eq!(socket.out, expected);
+        assert_eq!(outbox.queued_bytes(), 0);
     }
 }

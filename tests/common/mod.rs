@@ -1,5 +1,6 @@
 //! Shared harness of the integration tests: an in-process Herald on
-//! 127.0.0.1:0, users authenticated over real HTTP, and two websocket
+//! 127.0.0.1:0 ([`TestServer`]) or the `herald` binary as a child process
+//! ([`HeraldProcess`]), users authenticated over real HTTP, and two websocket
 //! clients:
 //!
 //! * [`Client`] (tokio-tungstenite) for ordinary traffic. It answers the
@@ -23,7 +24,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -109,6 +110,15 @@ impl TestServer {
         self.server.as_ref().expect("running").engine()
     }
 
+    /// The admin listener's address (on by default in tests).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.server
+            .as_ref()
+            .expect("running")
+            .admin_addr()
+            .expect("an admin listener")
+    }
+
     pub fn stats(&self) -> StatsSnapshot {
         self.engine().stats()
     }
@@ -124,12 +134,7 @@ impl TestServer {
 
     /// The token keys this server uses, to mint tokens of our own.
     pub fn tokens(&self) -> Tokens {
-        Tokens::new(
-            &self.config.encryption_key,
-            &self.config.refresh_encryption_key,
-            self.config.token_expiry_sec,
-            self.config.refresh_token_expiry_sec,
-        )
+        tokens_of(&self.config)
     }
 
     /// Authenticates (creating) the account `username` over REST.
@@ -150,41 +155,17 @@ impl TestServer {
 
     /// A valid token for a user this server has never seen (minted with its key).
     pub fn external_user(&self, username: &str) -> User {
-        let id = uuid::Uuid::new_v4();
-        let issued = self
-            .tokens()
-            .issue(UserId(id), username, &Vars::new())
-            .expect("a token");
-        User {
-            id: id.to_string(),
-            username: username.to_string(),
-            token: issued.token,
-            refresh_token: issued.refresh_token,
-        }
+        mint_user(&self.tokens(), uuid::Uuid::new_v4(), username)
     }
 
     /// A JSON session of `user`; `status` is the `status` query parameter.
     pub async fn connect(&self, user: &User, status: bool) -> Client {
-        let query = format!("lang=en&status={status}&token={}", user.token);
-        self.connect_query(&query).await
+        connect(self.addr, user, status).await
     }
 
     /// A JSON session with exactly this query string.
     pub async fn connect_query(&self, query: &str) -> Client {
-        let url = format!("ws://{}/ws?{query}", self.addr);
-        let stream = TcpStream::connect(self.addr).await.expect("connect");
-        let (ws, response) =
-            tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
-                .await
-                .expect("handshake in time")
-                .expect("websocket handshake");
-        assert_eq!(response.status(), 101);
-        let mut client = Client {
-            ws,
-            pending: VecDeque::new(),
-        };
-        client.wait_registered().await;
-        client
+        connect_query(self.addr, query).await
     }
 
     /// A raw session of `user` (JSON unless `extra_query` says otherwise).
@@ -214,6 +195,252 @@ pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// A JSON session of `user` on the server at `addr`; `status` is the
+/// `status` query parameter.
+pub async fn connect(addr: SocketAddr, user: &User, status: bool) -> Client {
+    let query = format!("lang=en&status={status}&token={}", user.token);
+    connect_query(addr, &query).await
+}
+
+/// A JSON session on the server at `addr` with exactly this query string,
+/// registered on the server when this returns.
+pub async fn connect_query(addr: SocketAddr, query: &str) -> Client {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    connect_over(stream, &format!("ws://{addr}/ws?{query}")).await
+}
+
+/// A session over an already connected stream (e.g. TLS) to `url`,
+/// registered on the server when this returns.
+pub async fn connect_over<S: AsyncRead + AsyncWrite + Unpin>(stream: S, url: &str) -> Client<S> {
+    let (ws, response) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("handshake in time")
+        .expect("websocket handshake");
+    assert_eq!(response.status(), 101);
+    let mut client = Client {
+        ws,
+        pending: VecDeque::new(),
+    };
+    client.wait_registered().await;
+    client
+}
+
+// ---------------------------------------------------------------------------
+// The herald binary
+// ---------------------------------------------------------------------------
+
+/// The `herald` binary of this build. From another package of the
+/// workspace (loadgen's tests), the one cargo built into the same target
+/// directory (`cargo test --workspace` builds it).
+pub fn herald_binary() -> std::path::PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_herald") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("the test executable");
+    let binary = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/<profile>/deps")
+        .join("herald");
+    assert!(
+        binary.exists(),
+        "{} is missing: build herald first (cargo test --workspace does)",
+        binary.display()
+    );
+    binary
+}
+
+/// The `herald` binary of this build with an empty environment, so only
+/// what a test sets applies.
+pub fn herald_command() -> std::process::Command {
+    let mut command = std::process::Command::new(herald_binary());
+    command.env_clear();
+    command
+}
+
+/// The exit status of `child` if it ends within `limit` (polled).
+pub fn child_exit(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `herald` binary as a child process: its own data directory, both
+/// listeners on free ports of 127.0.0.1, JSON logs read from its stdout.
+/// Dropping it kills the process.
+pub struct HeraldProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    /// The settings it was started with (after the defaults below).
+    args: Vec<String>,
+    dir: Option<tempfile::TempDir>,
+    logs: std::sync::mpsc::Receiver<Value>,
+    /// Log lines already read, searched first by [`HeraldProcess::log_fields`].
+    seen: Vec<Value>,
+}
+
+impl HeraldProcess {
+    /// Starts the binary with `args` on a new data directory and waits until it serves.
+    pub fn start(args: &[&str]) -> HeraldProcess {
+        let dir = tempfile::tempdir().expect("a temporary data directory");
+        let args = args.iter().map(|a| a.to_string()).collect();
+        HeraldProcess::start_in(dir, args)
+    }
+
+    fn start_in(dir: tempfile::TempDir, args: Vec<String>) -> HeraldProcess {
+        let mut command = herald_command();
+        command
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--log-format", "json", "--log-level", "info"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(&args);
+        let mut herald = HeraldProcess::spawn(command);
+        herald.args = args;
+        herald.dir = Some(dir);
+        herald
+    }
+
+    /// Spawns `command` (whose logs must be JSON) and waits until it serves.
+    pub fn spawn(mut command: std::process::Command) -> HeraldProcess {
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("herald starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines, logs) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| json!({"fields": {"message": line}}));
+                if lines.send(value).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut herald = HeraldProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            args: Vec::new(),
+            dir: None,
+            logs,
+            seen: Vec::new(),
+        };
+        let serving = herald.log_fields("herald is serving");
+        let address = |key: &str| -> SocketAddr {
+            serving[key]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} address in {serving}"))
+        };
+        herald.addr = address("listen");
+        herald.admin = address("admin");
+        herald
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Authenticates (creating) the account `username` over REST.
+    pub async fn user(&self, username: &str) -> User {
+        authenticate(self.addr, &format!("custom-{username}"), username).await
+    }
+
+    /// A JSON session of `user`; `status` is the `status` query parameter.
+    pub async fn connect(&self, user: &User, status: bool) -> Client {
+        connect(self.addr, user, status).await
+    }
+
+    /// The `herald_sessions` gauge, from the admin listener.
+    pub async fn sessions_gauge(&self) -> f64 {
+        metric(&scrape(self.admin).await, "herald_sessions")
+    }
+
+    /// The `fields` of the first log line whose message is `message`
+    /// (earlier lines included); panics after [`WAIT`].
+    pub fn log_fields(&mut self, message: &str) -> Value {
+        let matches = |line: &Value| line["fields"]["message"] == message;
+        if let Some(line) = self.seen.iter().find(|line| matches(line)) {
+            return line["fields"].clone();
+        }
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .logs
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line {message:?}; got {:?}", self.seen));
+            let found = matches(&line);
+            self.seen.push(line);
+            if found {
+                return self.seen[self.seen.len() - 1]["fields"].clone();
+            }
+        }
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid");
+        // SAFETY: kill(2) on our own child, which has not been reaped yet.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits (polling, bounded by `limit`) for the process to exit.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        self.try_wait_for_exit(limit)
+            .unwrap_or_else(|| panic!("herald did not exit within {limit:?}"))
+    }
+
+    /// The exit status if the process ends within `limit`.
+    pub fn try_wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        child_exit(&mut self.child, limit)
+    }
+
+    /// SIGKILLs the process and starts a new one on the same data directory
+    /// and settings (on new ports).
+    pub fn kill_and_restart(mut self) -> HeraldProcess {
+        self.signal(libc::SIGKILL);
+        self.wait_for_exit(WAIT);
+        let dir = self.dir.take().expect("a data directory of our own");
+        HeraldProcess::start_in(dir, std::mem::take(&mut self.args))
+    }
+
+    /// Resident memory of the process in KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Users and HTTP
 // ---------------------------------------------------------------------------
@@ -233,6 +460,37 @@ impl User {
     }
 }
 
+/// A user with a token minted with `tokens` (no account behind it).
+pub fn mint_user(tokens: &Tokens, id: uuid::Uuid, username: &str) -> User {
+    let issued = tokens
+        .issue(UserId(id), username, &Vars::new())
+        .expect("a token");
+    User {
+        id: id.to_string(),
+        username: username.to_string(),
+        token: issued.token,
+        refresh_token: issued.refresh_token,
+    }
+}
+
+/// The token keys of a server run with the defaults (Nakama's published ones).
+pub fn default_tokens() -> Tokens {
+    tokens_of(&Config::for_tests(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        std::path::PathBuf::new(),
+    ))
+}
+
+/// The token keys of a server run with `config`.
+pub fn tokens_of(config: &Config) -> Tokens {
+    Tokens::new(
+        &config.encryption_key,
+        &config.refresh_encryption_key,
+        config.token_expiry_sec,
+        config.refresh_token_expiry_sec,
+    )
+}
+
 /// The claims of a JWT, decoded without verification (as clients do).
 pub fn jwt_claims(token: &str) -> Value {
     let payload = token.split('.').nth(1).expect("three parts");
@@ -245,6 +503,11 @@ pub async fn authenticate(addr: SocketAddr, custom_id: &str, username: &str) -> 
     let body = json!({ "id": custom_id, "vars": {} }).to_string();
     let target = format!("/v2/account/authenticate/custom?create=true&username={username}&");
     let reply = http_post(addr, &target, Some(DEFAULT_KEY_AUTH), &body).await;
+    user_of(&reply, username)
+}
+
+/// The user of a successful authenticate reply.
+pub fn user_of(reply: &HttpReply, username: &str) -> User {
     assert_eq!(reply.status, 200, "authenticate {username}: {}", reply.body);
     let json = reply.json();
     let token = json["token"].as_str().expect("token").to_string();
@@ -293,22 +556,68 @@ impl HttpReply {
 
 /// Sends raw bytes and reads the whole response (requests ask for `Connection: close`).
 pub async fn http_exchange(addr: SocketAddr, request: &[u8]) -> HttpReply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    http_exchange_over(stream, request).await
+}
+
+/// As [`http_exchange`], `None` if the connection fails or ends without a
+/// complete head (e.g. the server was killed).
+pub async fn try_http_exchange(addr: SocketAddr, request: &[u8]) -> Option<HttpReply> {
+    let stream = TcpStream::connect(addr).await.ok()?;
+    try_http_exchange_over(stream, request).await
+}
+
+/// As [`try_http_exchange`] over an already connected stream; panics when no complete head comes.
+pub async fn http_exchange_over<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    request: &[u8],
+) -> HttpReply {
+    try_http_exchange_over(stream, request)
+        .await
+        .expect("a complete response")
+}
+
+/// An exchange over an already connected stream (e.g. TLS). The response
+/// ends where the server closes, or after its `Content-Length`; `None` if
+/// it has no complete head.
+pub async fn try_http_exchange_over<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &[u8],
+) -> Option<HttpReply> {
     // The server may answer and close before reading everything; a failed write is fine.
     let _ = stream.write_all(request).await;
     let mut raw = Vec::new();
-    tokio::time::timeout(WAIT * 2, stream.read_to_end(&mut raw))
+    let read = async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            }
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]);
+                let (_, headers) = parse_head(&head);
+                let length = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.parse::<usize>().ok());
+                if length.is_some_and(|length| raw.len() >= end + 4 + length) {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT * 2, read)
         .await
-        .expect("response in time")
-        .expect("read");
+        .expect("response in time");
     let text = String::from_utf8(raw).expect("utf8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+    let (head, body) = text.split_once("\r\n\r\n")?;
     let (status, headers) = parse_head(head);
-    HttpReply {
+    Some(HttpReply {
         status,
         headers,
         body: body.to_string(),
-    }
+    })
 }
 
 fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
@@ -326,6 +635,33 @@ fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
     (status, headers)
 }
 
+/// `METHOD target` on a fresh connection with extra header lines and a
+/// body (`Content-Length` is added); reads until the server closes.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpReply {
+    http_exchange(addr, &http_bytes(method, target, headers, body)).await
+}
+
+/// The bytes of a request as [`http`] sends it.
+pub fn http_bytes(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
 /// `POST target` with a JSON body and an optional `Authorization`.
 pub async fn http_post(
     addr: SocketAddr,
@@ -333,16 +669,14 @@ pub async fn http_post(
     auth: Option<&str>,
     body: &str,
 ) -> HttpReply {
-    let mut request = format!(
-        "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
+    let mut headers = vec![
+        ("Accept", "application/json"),
+        ("Content-Type", "application/json"),
+    ];
     if let Some(auth) = auth {
-        request.push_str(&format!("Authorization: {auth}\r\n"));
+        headers.push(("Authorization", auth));
     }
-    request.push_str("\r\n");
-    request.push_str(body);
-    http_exchange(addr, request.as_bytes()).await
+    http(addr, "POST", target, &headers, body.as_bytes()).await
 }
 
 /// `METHOD target` without a body, with extra header lines.
@@ -352,13 +686,46 @@ pub async fn http_request(
     target: &str,
     headers: &[(&str, &str)],
 ) -> HttpReply {
-    let mut request =
-        format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+    http(addr, method, target, headers, b"").await
+}
+
+/// `GET target`.
+pub async fn get(addr: SocketAddr, target: &str) -> HttpReply {
+    http_request(addr, "GET", target, &[]).await
+}
+
+/// The value of the sample `name` in a Prometheus exposition (with its
+/// labels, e.g. `herald_sessions_closed_total{reason="kicked"}`).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (sample, value) = line.rsplit_once(' ')?;
+            (sample == name).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no sample {name} in\n{text}"))
+}
+
+/// `GET /metrics` on an admin listener.
+pub async fn scrape(admin: SocketAddr) -> String {
+    let reply = get(admin, "/metrics").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.body
+}
+
+/// Scrapes until `done` holds for the exposition; panics after [`WAIT`].
+pub async fn scrape_until(admin: SocketAddr, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = scrape(admin).await;
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    request.push_str("\r\n");
-    http_exchange(addr, request.as_bytes()).await
 }
 
 // ---------------------------------------------------------------------------
@@ -377,13 +744,13 @@ pub enum Received {
 }
 
 /// A websocket session driven by tokio-tungstenite.
-pub struct Client {
-    ws: WebSocketStream<TcpStream>,
+pub struct Client<S = TcpStream> {
+    ws: WebSocketStream<S>,
     /// Frames received while waiting for something else, delivered first.
     pending: VecDeque<Received>,
 }
 
-impl Client {
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// The 101 can reach the client before the server has registered the
     /// session (Nakama upgrades first and registers after, too), and events
     /// in that window are not for it. A ping round trip proves the session
@@ -489,6 +856,38 @@ impl Client {
     pub async fn request(&mut self, request: Value) -> Value {
         self.send_json(request).await;
         self.recv_json().await
+    }
+
+    /// The first JSON message matching `want`, kept or arriving within
+    /// [`WAIT`]; others are kept for later.
+    pub async fn next_matching(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+        let parse = |received: &Received| match received {
+            Received::Text(text) => serde_json::from_str::<Value>(text).ok(),
+            _ => None,
+        };
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|r| parse(r).is_some_and(|v| want(&v)))
+        {
+            let received = self.pending.remove(i).expect("a kept frame");
+            return parse(&received).expect("JSON");
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let received = self
+                .recv_from_socket(left)
+                .await
+                .unwrap_or_else(|| panic!("timed out waiting for {what}"));
+            match parse(&received) {
+                Some(value) if want(&value) => return value,
+                _ if matches!(received, Received::End | Received::Close(_)) => {
+                    panic!("the session ended while waiting for {what}: {received:?}")
+                }
+                _ => self.pending.push_back(received),
+            }
+        }
     }
 
     /// The next status event, which must carry no cid.
@@ -699,6 +1098,19 @@ impl RawClient {
     ) -> Result<RawClient, HttpReply> {
         let stream = TcpStream::connect(addr).await.expect("connect");
         RawClient::handshake(stream, target, headers).await
+    }
+
+    /// As [`RawClient::connect`] over a socket with a receive buffer of a
+    /// few KiB: a client that stops reading backs up into the server quickly.
+    pub async fn connect_small_buffer(addr: SocketAddr, target: &str) -> RawClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("small receive buffer");
+        let stream = socket.connect(addr).await.expect("connect");
+        RawClient::handshake(stream, target, &[])
+            .await
+            .expect("upgrade")
     }
 
     /// The handshake over an already connected stream (e.g. one with small buffers).

@@ -35,7 +35,10 @@ impl Shard {
     pub fn dispatch(&mut self, key: SessionKey, request: Request) -> Outcome {
         let cid = request.cid;
         match request.body {
-            RequestBody::StatusFollow { user_ids, usernames } => self.status_follow(key, cid, user_ids, usernames),
+            RequestBody::StatusFollow {
+                user_ids,
+                usernames,
+            } => self.status_follow(key, cid, user_ids, usernames),
             RequestBody::StatusUnfollow { user_ids } => self.status_unfollow(key, &cid, &user_ids),
             RequestBody::StatusUpdate { status } => self.status_update(key, &cid, status),
             RequestBody::Ping => self.ping(key, &cid),
@@ -47,7 +50,10 @@ impl Shard {
 
     /// Answers with `error`; closes the session if the error says so.
     pub(super) fn fail(&self, key: SessionKey, cid: &str, error: ProtocolError) -> Outcome {
-        let body = ReplyBody::Error { code: error.code, message: error.message };
+        let body = ReplyBody::Error {
+            code: error.code,
+            message: error.message,
+        };
         self.reply(key, &Reply { cid, body });
         if error.closes_session {
             Outcome::Close

@@ -7,7 +7,13 @@ use crate::protocol::{Reply, ReplyBody};
 
 impl Shard {
     pub(super) fn ping(&self, key: SessionKey, cid: &str) -> Outcome {
-        self.reply(key, &Reply { cid, body: ReplyBody::Pong });
+        self.reply(
+            key,
+            &Reply {
+                cid,
+                body: ReplyBody::Pong,
+            },
+        );
         Outcome::Done
     }
 }

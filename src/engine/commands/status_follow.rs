@@ -7,7 +7,9 @@
 //! duplicates collapse, and unknown users and the nil id are ignored (kept
 //! with `--follow-unknown-ids`). Herald's cap: a session may follow at most
 //! `--max-follows` users (`Too many follows`), counted over the well-formed
-//! ids of the request before unknown ones are dropped.
+//! ids of the request before unknown ones are dropped. With the opt-in
+//! `--follow-rate`, the ids and usernames asked for count against a per-second
+//! budget (`Follow rate limit exceeded`, session stays open).
 //!
 //! Protocol between shards. Phase 1 (only with usernames): each name goes to
 //! the shard that owns it and comes back as an id. Phase 2: the ids are
@@ -21,7 +23,6 @@
 use super::Outcome;
 use crate::engine::inbox::ShardMsg;
 use crate::engine::shard::{PendingFollow, SessionKey, Shard};
-use crate::engine::stats::ShardStats;
 use crate::ids::UserId;
 use crate::protocol::errors;
 use crate::protocol::{Presence, Reply, ReplyBody};
@@ -44,7 +45,17 @@ impl Shard {
         if usernames.iter().any(String::is_empty) {
             return self.fail(key, &cid, errors::INVALID_USERNAME);
         }
-        let Some(entry) = self.entry_mut(key) else { return Outcome::Done };
+        let (now, limit) = (self.engine.now(), self.engine.config().follow_rate);
+        let asked = users.len() + usernames.len();
+        if self
+            .entry_mut(key)
+            .is_some_and(|e| !e.rate.allow_follows(now, asked, limit))
+        {
+            return self.fail(key, &cid, errors::FOLLOW_RATE_LIMITED);
+        }
+        let Some(entry) = self.entry_mut(key) else {
+            return Outcome::Done;
+        };
         let own_name = entry.username.clone();
         let mut names: Vec<String> = usernames.into_iter().filter(|n| **n != *own_name).collect();
         names.sort_unstable();
@@ -68,14 +79,29 @@ impl Shard {
                 users.extend(names.iter().filter_map(|n| self.resolve_name(n)));
             } else {
                 let from_shard = self.index as u16;
-                self.engine.send(shard, ShardMsg::ResolveNames { from_shard, session: key, names });
+                self.engine.send(
+                    shard,
+                    ShardMsg::ResolveNames {
+                        from_shard,
+                        session: key,
+                        names,
+                    },
+                );
                 awaiting += 1;
             }
         }
         if awaiting == 0 {
             return self.follow_users(key, cid, users);
         }
-        self.park(key, PendingFollow { cid, awaiting, resolving: Some(users), presences: Vec::new() });
+        self.park(
+            key,
+            PendingFollow {
+                cid,
+                awaiting,
+                resolving: Some(users),
+                presences: Vec::new(),
+            },
+        );
         Outcome::Pending
     }
 
@@ -83,20 +109,25 @@ impl Shard {
     fn follow_users(&mut self, key: SessionKey, cid: String, mut users: Vec<UserId>) -> Outcome {
         let max_follows = self.engine.config().max_follows;
         let router = self.engine.router().clone();
-        let Some(entry) = self.entry_mut(key) else { return Outcome::Done };
-        let own = entry.user;
+        let Some(own) = self.entry_mut(key).map(|e| e.user) else {
+            return Outcome::Done;
+        };
         users.retain(|u| *u != own && !u.is_nil());
         users.sort_unstable();
         users.dedup();
-        let new_count = users.iter().filter(|u| !entry.follows.contains(u)).count();
-        if entry.follows.len() + new_count > max_follows {
+        let new_count = users
+            .iter()
+            .filter(|u| !self.is_following(key.slot, **u))
+            .count();
+        if self.follow_count(key) + new_count > max_follows {
             return self.fail(key, &cid, errors::TOO_MANY_FOLLOWS);
         }
 
-        let mut by_owner: Vec<(Vec<UserId>, Vec<bool>)> = vec![(Vec::new(), Vec::new()); router.shards()];
+        let mut by_owner: Vec<(Vec<UserId>, Vec<bool>)> =
+            vec![(Vec::new(), Vec::new()); router.shards()];
         for user in users {
             let group = &mut by_owner[router.shard_of_user(user)];
-            group.1.push(!entry.follows.contains(&user));
+            group.1.push(!self.is_following(key.slot, user));
             group.0.push(user);
         }
         let mut presences = Vec::new();
@@ -110,15 +141,37 @@ impl Shard {
                 self.add_edges(key, granted, owner);
             } else {
                 let from_shard = self.index as u16;
-                self.engine.send(owner, ShardMsg::Follow { from_shard, session: key, users, new_edges });
+                self.engine.send(
+                    owner,
+                    ShardMsg::Follow {
+                        from_shard,
+                        session: key,
+                        users,
+                        new_edges,
+                    },
+                );
                 awaiting += 1;
             }
         }
         if awaiting == 0 {
-            self.reply(key, &Reply { cid: &cid, body: ReplyBody::Status(&presences) });
+            self.reply(
+                key,
+                &Reply {
+                    cid: &cid,
+                    body: ReplyBody::Status(&presences),
+                },
+            );
             return Outcome::Done;
         }
-        self.park(key, PendingFollow { cid, awaiting, resolving: None, presences });
+        self.park(
+            key,
+            PendingFollow {
+                cid,
+                awaiting,
+                resolving: None,
+                presences,
+            },
+        );
         Outcome::Pending
     }
 
@@ -135,7 +188,13 @@ impl Shard {
     /// On the owner shard: grants the follows of `users` that may be followed,
     /// counts the new edges (when they come from another shard) and appends
     /// the snapshot of every granted user. Returns the granted new edges.
-    fn grant(&mut self, from_shard: u16, users: Vec<UserId>, new_edges: Vec<bool>, presences: &mut Vec<Presence>) -> Vec<UserId> {
+    fn grant(
+        &mut self,
+        from_shard: u16,
+        users: Vec<UserId>,
+        new_edges: Vec<bool>,
+        presences: &mut Vec<Presence>,
+    ) -> Vec<UserId> {
         let mut granted_new = Vec::new();
         for (user, new) in users.into_iter().zip(new_edges) {
             if !self.may_follow(user) {
@@ -153,10 +212,21 @@ impl Shard {
     }
 
     /// Handles [`ShardMsg::Follow`] from another shard.
-    pub(in crate::engine) fn grant_follow(&mut self, from_shard: u16, session: SessionKey, users: Vec<UserId>, new_edges: Vec<bool>) {
+    pub(in crate::engine) fn grant_follow(
+        &mut self,
+        from_shard: u16,
+        session: SessionKey,
+        users: Vec<UserId>,
+        new_edges: Vec<bool>,
+    ) {
         let mut presences = Vec::new();
         let granted_new = self.grant(from_shard, users, new_edges, &mut presences);
-        let reply = ShardMsg::FollowGranted { from_shard: self.index as u16, session, granted_new, presences };
+        let reply = ShardMsg::FollowGranted {
+            from_shard: self.index as u16,
+            session,
+            granted_new,
+            presences,
+        };
         self.engine.send(from_shard as usize, reply);
     }
 
@@ -164,43 +234,51 @@ impl Shard {
     /// take (it closed meanwhile) are handed back to `owner` so its counts
     /// stay exact.
     fn add_edges(&mut self, key: SessionKey, granted: Vec<UserId>, owner: usize) {
-        let mut returned = Vec::new();
-        let mut added = Vec::with_capacity(granted.len());
-        match self.entry_mut(key) {
-            Some(entry) => {
-                for user in granted {
-                    if entry.follows.insert(user) {
-                        added.push(user);
-                    } else {
-                        returned.push(user);
-                    }
-                }
-            }
-            None => returned = granted,
+        if let Some(entry) = self.entry_mut(key) {
+            entry.follows.reserve(granted.len());
         }
-        for user in &added {
-            self.add_follower(*user, key.slot);
-        }
-        ShardStats::gauge(&self.stats.follow_edges, added.len() as i64);
+        let returned: Vec<UserId> = granted
+            .into_iter()
+            .filter(|user| !self.add_edge(key, *user))
+            .collect();
         if !returned.is_empty() && owner != self.index {
-            let msg = ShardMsg::Unfollowed { from_shard: self.index as u16, users: returned };
+            let msg = ShardMsg::Unfollowed {
+                from_shard: self.index as u16,
+                users: returned,
+            };
             self.engine.send(owner, msg);
         }
     }
 
     /// Handles [`ShardMsg::FollowGranted`]: adds the edges, and answers the
     /// request once every owner shard has answered.
-    pub(in crate::engine) fn follow_granted(&mut self, from_shard: u16, session: SessionKey, granted_new: Vec<UserId>, presences: Vec<Presence>) {
+    pub(in crate::engine) fn follow_granted(
+        &mut self,
+        from_shard: u16,
+        session: SessionKey,
+        granted_new: Vec<UserId>,
+        presences: Vec<Presence>,
+    ) {
         self.add_edges(session, granted_new, from_shard as usize);
-        let Some(entry) = self.entry_mut(session) else { return };
-        let Some(pending) = entry.pending.as_mut() else { return };
+        let Some(entry) = self.entry_mut(session) else {
+            return;
+        };
+        let Some(pending) = entry.pending.as_mut() else {
+            return;
+        };
         pending.presences.extend(presences);
         pending.awaiting = pending.awaiting.saturating_sub(1);
         if pending.awaiting > 0 {
             return;
         }
         if let Some(done) = entry.pending.take() {
-            self.reply(session, &Reply { cid: &done.cid, body: ReplyBody::Status(&done.presences) });
+            self.reply(
+                session,
+                &Reply {
+                    cid: &done.cid,
+                    body: ReplyBody::Status(&done.presences),
+                },
+            );
             if let Some(outbox) = self.outbox(session) {
                 outbox.finish_request();
             }
@@ -210,14 +288,20 @@ impl Shard {
     /// Handles [`ShardMsg::NamesResolved`]: once every name shard has
     /// answered, runs phase 2.
     pub(in crate::engine) fn names_resolved(&mut self, session: SessionKey, users: Vec<UserId>) {
-        let Some(entry) = self.entry_mut(session) else { return };
-        let Some(pending) = entry.pending.as_mut() else { return };
+        let Some(entry) = self.entry_mut(session) else {
+            return;
+        };
+        let Some(pending) = entry.pending.as_mut() else {
+            return;
+        };
         pending.resolving.get_or_insert_with(Vec::new).extend(users);
         pending.awaiting = pending.awaiting.saturating_sub(1);
         if pending.awaiting > 0 {
             return;
         }
-        let Some(done) = entry.pending.take() else { return };
+        let Some(done) = entry.pending.take() else {
+            return;
+        };
         let users = done.resolving.unwrap_or_default();
         if self.follow_users(session, done.cid, users) != Outcome::Pending {
             if let Some(outbox) = self.outbox(session) {

@@ -12,10 +12,14 @@ use crate::engine::shard::{SessionKey, Shard};
 use crate::ids::UserId;
 use crate::protocol::errors;
 use crate::protocol::{Reply, ReplyBody};
-use crate::engine::stats::ShardStats;
 
 impl Shard {
-    pub(super) fn status_unfollow(&mut self, key: SessionKey, cid: &str, user_ids: &[String]) -> Outcome {
+    pub(super) fn status_unfollow(
+        &mut self,
+        key: SessionKey,
+        cid: &str,
+        user_ids: &[String],
+    ) -> Outcome {
         let mut users = Vec::with_capacity(user_ids.len());
         for text in user_ids {
             match UserId::parse(text) {
@@ -24,23 +28,23 @@ impl Shard {
             }
         }
         let router = self.engine.router().clone();
+        let Some(own) = self.entry_mut(key).map(|e| e.user) else {
+            return Outcome::Done;
+        };
         let mut dropped: Vec<Vec<UserId>> = vec![Vec::new(); router.shards()];
-        let mut removed = Vec::new();
-        if let Some(entry) = self.entry_mut(key) {
-            let own = entry.user;
-            for user in users {
-                if user != own && entry.follows.remove(&user) {
-                    removed.push(user);
-                }
+        for user in users {
+            if user != own && self.remove_edge(key, user) {
+                dropped[router.shard_of_user(user)].push(user);
             }
         }
-        for user in &removed {
-            self.remove_follower(*user, key.slot);
-            dropped[router.shard_of_user(*user)].push(*user);
-        }
-        ShardStats::gauge(&self.stats.follow_edges, -(removed.len() as i64));
         self.send_unfollowed(dropped);
-        self.reply(key, &Reply { cid, body: ReplyBody::Ack });
+        self.reply(
+            key,
+            &Reply {
+                cid,
+                body: ReplyBody::Ack,
+            },
+        );
         Outcome::Done
     }
 }

@@ -6,6 +6,7 @@
 //!   out, plus a leave of the previous status on the same session if there
 //!   was one. Repeating the same status still produces an event.
 //! * More than 2048 bytes (UTF-8, not characters): error 3, session stays open.
+//! * Past the opt-in `--status-update-rate`: error 3, session stays open.
 //!
 //! The ack `{"cid":…}` is queued before the event, so the session sees its
 //! ack before its own echo.
@@ -17,12 +18,39 @@ use crate::engine::shard::{SessionKey, Shard};
 use crate::protocol::errors::{self, MAX_STATUS_BYTES};
 use crate::protocol::{Reply, ReplyBody};
 
+/// With the `fault-injection` feature (tests only), this status panics the
+/// request's handling, to prove a panic stays contained to one session.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_PANIC: &str = "herald:fault-injection:panic";
+
 impl Shard {
-    pub(super) fn status_update(&mut self, key: SessionKey, cid: &str, status: Option<String>) -> Outcome {
+    pub(super) fn status_update(
+        &mut self,
+        key: SessionKey,
+        cid: &str,
+        status: Option<String>,
+    ) -> Outcome {
         if status.as_ref().is_some_and(|s| s.len() > MAX_STATUS_BYTES) {
             return self.fail(key, cid, errors::STATUS_TOO_LONG);
         }
-        self.reply(key, &Reply { cid, body: ReplyBody::Ack });
+        #[cfg(feature = "fault-injection")]
+        if status.as_deref() == Some(FAULT_PANIC) {
+            panic!("fault injection: a panic while handling a request");
+        }
+        let (now, limit) = (self.engine.now(), self.engine.config().status_update_rate);
+        if self
+            .entry_mut(key)
+            .is_some_and(|e| !e.rate.allow_update(now, limit))
+        {
+            return self.fail(key, cid, errors::UPDATE_RATE_LIMITED);
+        }
+        self.reply(
+            key,
+            &Reply {
+                cid,
+                body: ReplyBody::Ack,
+            },
+        );
         self.set_status(key, status.map(Arc::from));
         Outcome::Done
     }

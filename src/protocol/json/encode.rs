@@ -52,6 +52,26 @@ pub fn encode_reply(reply: &Reply<'_>, out: &mut Vec<u8>) {
             }
             object.out.push(b'}');
         }
+        ReplyBody::Notification(notification) => {
+            // {"notifications":{"notifications":[{id, subject, content, code, create_time}]}}
+            object.key(b"notifications");
+            object.out.extend_from_slice(b"{\"notifications\":[{");
+            let mut fields = Object::new(object.out);
+            fields.key(b"id");
+            push_string(&notification.id, fields.out);
+            fields.key(b"subject");
+            push_string(notification.subject, fields.out);
+            fields.key(b"content");
+            push_string(notification.content, fields.out);
+            fields.key(b"code");
+            push_i32(notification.code, fields.out);
+            fields.key(b"create_time");
+            push_string(
+                &super::super::time::rfc3339(notification.create_time),
+                fields.out,
+            );
+            object.out.extend_from_slice(b"}]}");
+        }
     }
     out.push(b'}');
 }
@@ -267,6 +287,16 @@ mod tests {
             &mut out,
         );
         String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn the_single_socket_notification_matches_nakama() {
+        let mut notice = crate::protocol::Notification::single_socket(1_795_655_523);
+        notice.id = "6f1d2c3b-4a59-4e7f-8a9b-0c1d2e3f4a5b".into();
+        assert_eq!(
+            reply("", ReplyBody::Notification(&notice)),
+            r#"{"notifications":{"notifications":[{"id":"6f1d2c3b-4a59-4e7f-8a9b-0c1d2e3f4a5b","subject":"single_socket","content":"{}","code":-7,"create_time":"2026-11-26T01:12:03Z"}]}}"#
+        );
     }
 
     #[test]

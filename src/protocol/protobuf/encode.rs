@@ -21,6 +21,7 @@ use crate::protocol::{Presence, Reply, ReplyBody, Request, RequestBody, StatusPr
 mod field {
     pub const CID: u32 = 1;
     pub const ERROR: u32 = 11;
+    pub const NOTIFICATIONS: u32 = 23;
     pub const STATUS: u32 = 25;
     pub const STATUS_PRESENCE_EVENT: u32 = 27;
     pub const PONG: u32 = 33;
@@ -62,6 +63,33 @@ pub fn encode_reply(reply: &Reply<'_>, out: &mut Vec<u8>) {
             );
             put_int32(1, code, out);
             put_string(2, message, out);
+        }
+        ReplyBody::Notification(notification) => {
+            // Notifications { repeated Notification notifications = 1; }
+            // Notification { id = 1; subject = 2; content = 3; int32 code = 4;
+            //   Timestamp create_time = 6 { int64 seconds = 1; } }
+            let seconds = notification.create_time as u64;
+            let time_len = if seconds == 0 {
+                0
+            } else {
+                1 + varint_len(seconds)
+            };
+            let len = string_len(1, &notification.id)
+                + string_len(2, notification.subject)
+                + string_len(3, notification.content)
+                + int32_len(4, notification.code)
+                + message_len(6, time_len);
+            put_header(field::NOTIFICATIONS, message_len(1, len), out);
+            put_header(1, len, out);
+            put_string(1, &notification.id, out);
+            put_string(2, notification.subject, out);
+            put_string(3, notification.content, out);
+            put_int32(4, notification.code, out);
+            put_header(6, time_len, out);
+            if seconds != 0 {
+                put_varint(u64::from(1u32 << 3 | VARINT), out);
+                put_varint(seconds, out);
+            }
         }
     }
 }

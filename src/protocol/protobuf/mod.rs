@@ -145,6 +145,9 @@ mod tests {
                 message: message.to_owned(),
                 context: Default::default(),
             })),
+            ReplyBody::Notification(_) => {
+                unreachable!("the property tests generate no notifications")
+            }
         };
         Envelope {
             cid: reply.cid.to_owned(),
@@ -160,6 +163,64 @@ mod tests {
                 leaves: event.leaves.iter().map(wire_presence).collect(),
             })),
         }
+    }
+
+    /// Test-only prost mirror of `Notifications` (the schema treats it as unserved).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct WireNotifications {
+        #[prost(message, repeated, tag = "1")]
+        notifications: Vec<WireNotification>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct WireNotification {
+        #[prost(string, tag = "1")]
+        id: String,
+        #[prost(string, tag = "2")]
+        subject: String,
+        #[prost(string, tag = "3")]
+        content: String,
+        #[prost(int32, tag = "4")]
+        code: i32,
+        #[prost(message, optional, tag = "6")]
+        create_time: Option<WireTimestamp>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct WireTimestamp {
+        #[prost(int64, tag = "1")]
+        seconds: i64,
+    }
+
+    #[test]
+    fn the_single_socket_notification_is_envelope_field_23() {
+        use prost::Message as _;
+        let notice = crate::protocol::Notification::single_socket(1_795_655_523);
+        let mut bytes = Vec::new();
+        encode_reply(
+            &Reply {
+                cid: "",
+                body: ReplyBody::Notification(&notice),
+            },
+            &mut bytes,
+        );
+        assert_eq!(&bytes[..2], &[0xba, 0x01], "field 23, length-delimited");
+        let mut body = &bytes[2..];
+        let len = prost::encoding::decode_varint(&mut body).expect("length");
+        assert_eq!(len as usize, body.len());
+        let decoded = WireNotifications::decode(body).expect("decodes");
+        assert_eq!(
+            decoded.notifications,
+            vec![WireNotification {
+                id: notice.id.clone(),
+                subject: "single_socket".into(),
+                content: "{}".into(),
+                code: -7,
+                create_time: Some(WireTimestamp {
+                    seconds: 1_795_655_523
+                }),
+            }]
+        );
     }
 
     proptest! {

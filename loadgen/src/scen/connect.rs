@@ -1,0 +1,118 @@
+//! `connect`: N idle connections, one user each. Connect rate, and server
+//! RSS growth per connection once everything is connected and settled.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use super::{
+    loadgen_delta, local_count, phase_timeout, server_delta, sum, user_dir, Probe, Strict,
+};
+use crate::cluster::Cluster;
+use crate::net::{CloseWhy, Handler};
+use crate::scan::{classify, Kind};
+use crate::shard::Ctx;
+use crate::ConnectArgs;
+
+pub fn coord(a: &ConnectArgs, cl: &mut Cluster, probe: &Probe) -> Result<Value> {
+    let t = phase_timeout(&a.common);
+    cl.collect("ready", t)?;
+    let s0 = probe.raw();
+    let cpu0 = cl.cpu_ns();
+    let t0 = std::time::Instant::now();
+    cl.send("connect", Value::Null)?;
+    let r = cl.collect("connected", t)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu1 = cl.cpu_ns();
+    let ok = sum(&r, "ok");
+    let failed = sum(&r, "failed");
+    let first_error = r
+        .iter()
+        .find_map(|x| x.data.get("first_error").filter(|v| !v.is_null()).cloned());
+    std::thread::sleep(Duration::from_secs_f64(a.settle.clamp(0.0, 3600.0)));
+    let s1 = probe.raw();
+    if a.hold > 0.0 {
+        eprintln!("holding {ok} connections for {}s", a.hold);
+        std::thread::sleep(Duration::from_secs_f64(a.hold.min(86_400.0)));
+    }
+    cl.send("close", Value::Null)?;
+    let closed = cl.collect("closed", t)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let s2 = probe.raw();
+    Ok(json!({
+        "conns": a.conns,
+        "status": a.status,
+        "connected": ok,
+        "failed": failed,
+        "first_error": first_error,
+        "connect_secs": secs,
+        "connect_per_sec": ok as f64 / secs.max(1e-9),
+        "server_closed_during_hold": sum(&closed, "server_closes") + sum(&closed, "dropped"),
+        "events_received": sum(&closed, "events"),
+        "strict_errors": sum(&closed, "strict_errors"),
+        "server_connect": server_delta(s0, s1, ok, "conn"),
+        "server_after_close": server_delta(s0, s2, 0, "conn"),
+        "loadgen_connect": loadgen_delta(cpu1 - cpu0, ok, ok),
+    }))
+}
+
+struct H {
+    events: u64,
+    replies: u64,
+    strict: Strict,
+}
+
+impl Handler for H {
+    fn on_text(&mut self, _conn: usize, payload: &[u8], _now: u64) {
+        self.strict.check(payload);
+        match classify(payload) {
+            Kind::Event => self.events += 1,
+            _ => self.replies += 1,
+        }
+    }
+    fn on_close(&mut self, _conn: usize, _why: &CloseWhy, _now: u64) {}
+}
+
+pub fn shard(a: &ConnectArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<()> {
+    let t = phase_timeout(&a.common);
+    let n = local_count(a.conns, ctx.shard, ctx.shards);
+    let users = user_dir(&a.common, a.conns, &users_file)?;
+    ctx.net.set_conns(n);
+    let mut list = Vec::with_capacity(n);
+    for j in 0..n {
+        let user = ctx.shard + j * ctx.shards;
+        list.push((j, users.ws_path(user, a.status)?));
+    }
+    drop(users);
+    let mut h = H {
+        events: 0,
+        replies: 0,
+        strict: Strict::new(a.common.strict),
+    };
+    ctx.out.send("ready", Value::Null);
+    loop {
+        let cmd = ctx.next_cmd(&mut h, Duration::from_secs(86_400 * 7))?;
+        match cmd.cmd.as_str() {
+            "connect" => {
+                let r = ctx.connect_all(&mut h, &list, a.common.concurrency, t)?;
+                ctx.out.send("connected", serde_json::to_value(&r)?);
+            }
+            "close" => {
+                let open = ctx.net.open as u64;
+                for j in 0..n {
+                    ctx.net.close(j, false, true);
+                }
+                let st = ctx.net.stats;
+                ctx.out.send(
+                    "closed",
+                    json!({"open_at_close": open, "server_closes": st.server_closes, "dropped": st.dropped,
+                           "events": h.events, "replies": h.replies, "pings": st.pings,
+                           "strict_errors": h.strict.errors, "strict_first": h.strict.first}),
+                );
+            }
+            "exit" => return Ok(()),
+            _ => {}
+        }
+    }
+}

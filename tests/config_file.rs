@@ -2,80 +2,13 @@
 //! environment variables that conflict: flag > env > file > default. Also:
 //! a bad key stops start-up with the key named, and SIGTERM exits with 0.
 
-mod support;
+mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-use serde_json::Value;
-
-use support::get;
-
-/// The binary with an empty environment, so only what a test sets applies.
-fn herald() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
-    command.env_clear();
-    command
-}
-
-/// Kills the process if a test fails before it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_exit(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "herald did not exit within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Every stdout line, parsed as JSON (the file sets `log_format = "json"`).
-fn json_lines(child: &mut Child) -> Receiver<Value> {
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (lines, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            let value: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|error| panic!("log line is not JSON ({error}): {line}"));
-            if lines.send(value).is_err() {
-                return;
-            }
-        }
-    });
-    receiver
-}
-
-/// The `fields` of the next log line whose message is `message`.
-fn log_fields(lines: &Receiver<Value>, message: &str) -> Value {
-    let deadline = Instant::now() + support::TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no log line {message:?}"));
-        if line["fields"]["message"] == message {
-            return line["fields"].clone();
-        }
-    }
-}
+use common::*;
 
 fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
     let path = dir.join("herald.toml");
@@ -83,8 +16,8 @@ fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
     path
 }
 
-#[test]
-fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
+#[tokio::test]
+async fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let config = write_config(
@@ -104,21 +37,17 @@ http_key = "key-from-the-file"   # env wins
             data.display()
         ),
     );
-    let mut child = herald()
+    let mut command = herald_command();
+    command
         .arg("--config")
         .arg(&config)
         .args(["--max-follows", "7"])
         .env("HERALD_MAX_FOLLOWS", "6")
         .env("HERALD_MAX_MESSAGE_BYTES", "9000")
-        .env("HERALD_HTTP_KEY", "key-from-the-env")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("herald starts");
-    let lines = json_lines(&mut child);
-    let mut herald = Running(child);
+        .env("HERALD_HTTP_KEY", "key-from-the-env");
+    let mut herald = HeraldProcess::spawn(command);
 
-    let summary = log_fields(&lines, "configuration (keys redacted)");
+    let summary = herald.log_fields("configuration (keys redacted)");
     assert_eq!(summary["config"], config.display().to_string());
     assert_eq!(summary["max_follows"], 7, "flag > env > file: {summary}");
     assert_eq!(summary["max_message_bytes"], 9000, "env > file: {summary}");
@@ -133,37 +62,32 @@ http_key = "key-from-the-file"   # env wins
         "a key leaked: {summary}"
     );
 
-    let serving = log_fields(&lines, "herald is serving");
-    let admin: SocketAddr = serving["admin"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .expect("admin address");
-    assert_eq!(get(admin, "/readyz").status, 200);
+    let admin = herald.admin;
+    assert_eq!(get(admin, "/readyz").await.status, 200);
     assert_eq!(
-        get(admin, "/v2/status?user_ids=&http_key=key-from-the-env").status,
+        get(admin, "/v2/status?user_ids=&http_key=key-from-the-env")
+            .await
+            .status,
         200
     );
     assert_eq!(
-        get(admin, "/v2/status?user_ids=&http_key=key-from-the-file").status,
+        get(admin, "/v2/status?user_ids=&http_key=key-from-the-file")
+            .await
+            .status,
         401
     );
     assert!(data.exists(), "the account store is where the file says");
 
-    let pid = herald.0.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let status = wait_for_exit(&mut herald.0, Duration::from_secs(8));
+    herald.signal(libc::SIGTERM);
+    let status = herald.wait_for_exit(Duration::from_secs(8));
     assert_eq!(status.code(), Some(0), "SIGTERM ends herald with 0");
-    log_fields(&lines, "shutdown complete");
+    herald.log_fields("shutdown complete");
 }
 
 fn refused_start(config_body: &str) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), config_body);
-    let mut child = herald()
+    let mut child = herald_command()
         .arg("--config")
         .arg(&config)
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
@@ -173,7 +97,7 @@ fn refused_start(config_body: &str) -> (Option<i32>, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("herald runs");
-    let status = wait_for_exit(&mut child, support::TIMEOUT);
+    let status = child_exit(&mut child, WAIT * 2).expect("herald exits");
     let mut stderr = String::new();
     use std::io::Read;
     child

@@ -1,173 +1,44 @@
-//! The REST endpoints over real HTTP/1.1: a hyper server on 127.0.0.1:0
-//! serving only `transport::rest`, driven by raw requests over a TcpStream.
+//! The REST endpoints (reference §9) over real HTTP/1.1 against a whole
+//! in-process server, driven by raw requests over a TcpStream.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-use herald::auth::{AccountStore, IdKind, Tokens, Vars};
-use herald::engine::stats::ShardStats;
-use herald::engine::{Engine, EngineConfig};
+use herald::auth::{Tokens, Vars};
 use herald::ids::UserId;
-use herald::transport::rest::{self, RestContext};
+use herald::transport::http::MAX_BODY_BYTES;
 
-/// base64("defaultkey:"), exactly what nakama-js sends.
-const DEFAULT_KEY_AUTH: &str = "Basic ZGVmYXVsdGtleTo=";
-const MAX_BODY: usize = 1024;
+use common::*;
 
-struct Server {
-    addr: SocketAddr,
-    ctx: Arc<RestContext>,
-    /// One shard, so that `register_user` is answered; it has no listener.
-    _engine: Engine,
-    _dir: tempfile::TempDir,
+const MAX_BODY: usize = MAX_BODY_BYTES;
+
+/// The server and the keys it signs with.
+struct Rest {
+    server: TestServer,
+    tokens: Tokens,
 }
 
-async fn route(ctx: &RestContext, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-    match (req.method().clone(), req.uri().path()) {
-        (Method::POST, "/v2/account/authenticate/custom") => {
-            rest::authenticate(ctx, IdKind::Custom, req).await
-        }
-        (Method::POST, "/v2/account/authenticate/device") => {
-            rest::authenticate(ctx, IdKind::Device, req).await
-        }
-        (Method::POST, "/v2/account/session/refresh") => rest::refresh(ctx, req).await,
-        _ => rest::error_response(StatusCode::NOT_FOUND, 5, "Not Found"),
+impl Rest {
+    fn start() -> Rest {
+        let server = TestServer::start();
+        let tokens = server.tokens();
+        Rest { server, tokens }
     }
 }
 
-async fn start() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (accounts, _) = AccountStore::open(dir.path()).expect("open store");
-    let engine = Engine::start(
-        EngineConfig {
-            pin_threads: false,
-            ..EngineConfig::default()
-        },
-        Arc::new(Vec::new()),
-        Arc::new(|_: &_| {}),
-    )
-    .expect("engine");
-    let ctx = Arc::new(RestContext {
-        tokens: Arc::new(Tokens::new(
-            "defaultencryptionkey",
-            "defaultrefreshencryptionkey",
-            7200,
-            604_800,
-        )),
-        accounts,
-        server_key: "defaultkey".into(),
-        engine: engine.handle().clone(),
-        max_body_bytes: MAX_BODY,
-        stats: Arc::new(ShardStats::default()),
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let served = ctx.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let ctx = served.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(route(&ctx, req).await) }
-                });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Server {
-        addr,
-        ctx,
-        _engine: engine,
-        _dir: dir,
-    }
+async fn post(
+    addr: std::net::SocketAddr,
+    target: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> HttpReply {
+    http_post(addr, target, auth, body).await
 }
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+async fn exchange(addr: std::net::SocketAddr, request: Vec<u8>) -> HttpReply {
+    http_exchange(addr, &request).await
 }
 
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).expect("json body")
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn assert_error(&self, status: u16, code: i64, message: &str) {
-        assert_eq!(self.status, status, "body {}", self.body);
-        let json = self.json();
-        assert_eq!(json["code"], code, "body {}", self.body);
-        assert_eq!(json["message"], message, "body {}", self.body);
-        assert_eq!(self.header("content-type"), Some("application/json"));
-    }
-}
-
-/// Sends raw bytes and reads the whole response (the request asks for `Connection: close`).
-async fn exchange(addr: SocketAddr, request: Vec<u8>) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    // The server may answer and close before reading everything; a failed write is fine.
-    let _ = stream.write_all(&request).await;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let text = String::from_utf8(raw).expect("utf8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    let headers = lines
-        .filter_map(|line| line.split_once(": "))
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_string(),
-    }
-}
-
-async fn post(addr: SocketAddr, target: &str, auth: Option<&str>, body: &str) -> Reply {
-    let mut request = format!(
-        "POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(auth) = auth {
-        request.push_str(&format!("Authorization: {auth}\r\n"));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    exchange(addr, request.into_bytes()).await
-}
-
-async fn authenticate_custom(addr: SocketAddr, query: &str, body: &str) -> Reply {
+async fn authenticate_custom(addr: std::net::SocketAddr, query: &str, body: &str) -> HttpReply {
     post(
         addr,
         &format!("/v2/account/authenticate/custom{query}"),
@@ -177,9 +48,10 @@ async fn authenticate_custom(addr: SocketAddr, query: &str, body: &str) -> Reply
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn nakama_js_authenticate_creates_then_finds_the_account() {
-    let server = start().await;
+    let rest = Rest::start();
+    let server = &rest.server;
     let first = authenticate_custom(
         server.addr,
         "?create=true&username=alice&",
@@ -192,14 +64,9 @@ async fn nakama_js_authenticate_creates_then_finds_the_account() {
     assert_eq!(json["created"], true);
     let token = json["token"].as_str().expect("token");
     let refresh_token = json["refresh_token"].as_str().expect("refresh token");
-    let claims = server
-        .ctx
-        .tokens
-        .verify_session(token)
-        .expect("valid token");
+    let claims = rest.tokens.verify_session(token).expect("valid token");
     assert_eq!(claims.username, "alice");
-    let refresh_claims = server
-        .ctx
+    let refresh_claims = rest
         .tokens
         .verify_refresh(refresh_token)
         .expect("valid refresh token");
@@ -215,18 +82,15 @@ async fn nakama_js_authenticate_creates_then_finds_the_account() {
     let json = again.json();
     assert!(json.get("created").is_none(), "{}", again.body);
     let token = json["token"].as_str().expect("token");
-    let again_claims = server
-        .ctx
-        .tokens
-        .verify_session(token)
-        .expect("valid token");
+    let again_claims = rest.tokens.verify_session(token).expect("valid token");
     assert_eq!(again_claims.user_id, claims.user_id);
     assert_eq!(again_claims.username, "alice");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn device_authenticate_carries_vars_and_generates_a_username() {
-    let server = start().await;
+    let rest = Rest::start();
+    let server = &rest.server;
     let reply = post(
         server.addr,
         "/v2/account/authenticate/device",
@@ -237,8 +101,7 @@ async fn device_authenticate_carries_vars_and_generates_a_username() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     let json = reply.json();
     assert_eq!(json["created"], true);
-    let claims = server
-        .ctx
+    let claims = rest
         .tokens
         .verify_session(json["token"].as_str().expect("token"))
         .expect("valid");
@@ -247,9 +110,10 @@ async fn device_authenticate_carries_vars_and_generates_a_username() {
     assert!(claims.username.bytes().all(|b| b.is_ascii_alphabetic()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn server_key_is_required_and_checked() {
-    let server = start().await;
+    let rest = Rest::start();
+    let server = &rest.server;
     let path = "/v2/account/authenticate/custom";
     let body = r#"{"id":"custom-id-123"}"#;
 
@@ -272,9 +136,10 @@ async fn server_key_is_required_and_checked() {
     reply.assert_error(401, 16, "Server key required");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn request_errors_use_nakama_texts() {
-    let server = start().await;
+    let rest = Rest::start();
+    let server = &rest.server;
     let addr = server.addr;
 
     authenticate_custom(addr, "", "")
@@ -347,9 +212,10 @@ async fn request_errors_use_nakama_texts() {
         .assert_error(409, 6, "Username is already in use.");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn bodies_over_the_cap_get_413() {
-    let server = start().await;
+    let rest = Rest::start();
+    let server = &rest.server;
     let big_id = "x".repeat(MAX_BODY);
     let body = format!(r#"{{"id":"{big_id}"}}"#);
     let reply = authenticate_custom(server.addr, "", &body).await;
@@ -370,9 +236,10 @@ async fn bodies_over_the_cap_get_413() {
     reply.assert_error(400, 3, "Custom ID invalid, must be 6-128 bytes.");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn refresh_issues_a_new_pair_with_the_same_token_id() {
-    let server = start().await;
+    let rest = Rest::start();
+    let server = &rest.server;
     let reply = authenticate_custom(
         server.addr,
         "?username=refresher",
@@ -383,11 +250,7 @@ async fn refresh_issues_a_new_pair_with_the_same_token_id() {
     let json = reply.json();
     let session_token = json["token"].as_str().expect("token").to_string();
     let refresh_token = json["refresh_token"].as_str().expect("refresh").to_string();
-    let old = server
-        .ctx
-        .tokens
-        .verify_session(&session_token)
-        .expect("valid");
+    let old = rest.tokens.verify_session(&session_token).expect("valid");
 
     let refresh_path = "/v2/account/session/refresh";
     let kept = post(
@@ -400,8 +263,7 @@ async fn refresh_issues_a_new_pair_with_the_same_token_id() {
     assert_eq!(kept.status, 200, "{}", kept.body);
     let json = kept.json();
     assert!(json.get("created").is_none());
-    let kept = server
-        .ctx
+    let kept = rest
         .tokens
         .verify_session(json["token"].as_str().expect("token"))
         .expect("valid");
@@ -409,9 +271,7 @@ async fn refresh_issues_a_new_pair_with_the_same_token_id() {
     assert_eq!(kept.user_id, old.user_id);
     assert_eq!(kept.username, "refresher");
     assert_eq!(kept.vars, old.vars);
-    server
-        .ctx
-        .tokens
+    rest.tokens
         .verify_refresh(json["refresh_token"].as_str().expect("refresh"))
         .expect("valid refresh");
 
@@ -423,8 +283,7 @@ async fn refresh_issues_a_new_pair_with_the_same_token_id() {
     )
     .await;
     assert_eq!(replaced.status, 200, "{}", replaced.body);
-    let replaced = server
-        .ctx
+    let replaced = rest
         .tokens
         .verify_session(replaced.json()["token"].as_str().expect("token"))
         .expect("valid");
@@ -447,8 +306,7 @@ async fn refresh_issues_a_new_pair_with_the_same_token_id() {
 
     // A valid refresh token for a user this server does not know.
     let stranger = UserId(uuid::Uuid::new_v4());
-    let issued = server
-        .ctx
+    let issued = rest
         .tokens
         .issue(stranger, "stranger", &Vars::new())
         .expect("issue");
@@ -460,4 +318,74 @@ async fn refresh_issues_a_new_pair_with_the_same_token_id() {
     )
     .await
     .assert_error(404, 5, "User account not found.");
+}
+
+#[tokio::test]
+async fn an_account_can_be_followed_by_id_and_name_right_after_authenticate() {
+    // Every shard that needs to know the account knows it before the reply.
+    let server = TestServer::start_with(|c| c.shards = 4);
+    let alice = server.user("alice").await;
+    let mut follower = server.connect(&alice, false).await;
+    let mut sessions = Vec::new();
+    for i in 0..8 {
+        let name = format!("fresh{i}");
+        let fresh = server.user(&name).await;
+        let reply = follower
+            .request(serde_json::json!({"status_follow": {"usernames": [name]}, "cid": "n"}))
+            .await;
+        assert_eq!(reply, serde_json::json!({"cid": "n", "status": {}}));
+        let mut session = server.connect(&fresh, true).await;
+        session.recv_event().await;
+        assert_join(&follower.recv_event().await, &fresh, "");
+        sessions.push(session);
+        let newer = server.user(&format!("newer{i}")).await;
+        follower.follow("i", &[&newer.id]).await;
+        let mut session = server.connect(&newer, true).await;
+        session.recv_event().await;
+        assert_join(&follower.recv_event().await, &newer, "");
+        sessions.push(session);
+    }
+}
+
+#[tokio::test]
+async fn a_refreshed_token_opens_a_socket() {
+    let server = TestServer::start();
+    let alice = server.user("alice").await;
+    let body = serde_json::json!({"token": alice.refresh_token}).to_string();
+    let reply = post(
+        server.addr,
+        "/v2/account/session/refresh",
+        Some(DEFAULT_KEY_AUTH),
+        &body,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let token = reply.json()["token"].as_str().expect("token").to_string();
+    let refreshed = User {
+        token,
+        ..alice.clone()
+    };
+    let mut session = server.connect(&refreshed, true).await;
+    assert_join(&session.recv_event().await, &alice, "");
+}
+
+#[tokio::test]
+async fn accounts_survive_a_restart() {
+    let server = TestServer::start();
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let server = server.restart();
+
+    // Known again: followed by id and by name, and the same account on authenticate.
+    let again = server.user("alice").await;
+    assert_eq!(again.id, alice.id);
+    let mut follower = server.connect(&again, false).await;
+    let reply = follower
+        .request(serde_json::json!({"status_follow": {"user_ids": [bob.id], "usernames": ["bob"]}, "cid": "1"}))
+        .await;
+    assert_eq!(reply, serde_json::json!({"cid": "1", "status": {}}));
+    // bob's old token still works: same keys.
+    let mut session = server.connect(&bob, true).await;
+    session.recv_event().await;
+    assert_join(&follower.recv_event().await, &bob, "");
 }

@@ -3,27 +3,25 @@
 //! between shards, start-up errors that name the file, and the handshake
 //! timeout.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use herald::config::Config;
 use herald::server::Server;
 
-/// Bound of every wait for something that should arrive.
-const WAIT: Duration = Duration::from_secs(5);
+use common::{connect_over, http_bytes, http_exchange_over, user_of, Client, WAIT};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM.
 struct TestCert {
@@ -93,124 +91,32 @@ async fn tls_connect(cert: &TestCert, addr: SocketAddr) -> TlsStream<TcpStream> 
 
 /// `POST /v2/account/authenticate/custom` over HTTPS; returns (user id, token).
 async fn authenticate(cert: &TestCert, addr: SocketAddr, id: &str) -> (String, String) {
-    let mut tls = tls_connect(cert, addr).await;
+    let tls = tls_connect(cert, addr).await;
     let body = json!({ "id": id }).to_string();
-    let request = format!(
-        "POST /v2/account/authenticate/custom?create=true&username={id} HTTP/1.1\r\n\
-         Host: localhost\r\nAuthorization: Basic ZGVmYXVsdGtleTo=\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let request = http_bytes(
+        "POST",
+        &format!("/v2/account/authenticate/custom?create=true&username={id}"),
+        &[
+            ("Authorization", common::DEFAULT_KEY_AUTH),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
     );
-    tls.write_all(request.as_bytes()).await.expect("send");
-    let mut response = Vec::new();
-    let read = tokio::time::timeout(WAIT, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match tls.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => response.extend_from_slice(&buf[..n]),
-            }
-            if complete(&response) {
-                break;
-            }
-        }
-    });
-    read.await.expect("response in time");
-    let text = String::from_utf8(response).expect("utf-8 response");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let (_, body) = text.split_once("\r\n\r\n").expect("body");
-    let session: Value = serde_json::from_str(body).expect("JSON body");
-    let token = session["token"].as_str().expect("token").to_owned();
-    (user_id_of(&token), token)
+    let user = user_of(&http_exchange_over(tls, &request).await, id);
+    (user.id, user.token)
 }
 
-/// True once `response` holds its head and the Content-Length body.
-fn complete(response: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(response) else {
-        return false;
-    };
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    head.lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse::<usize>().ok())
-        })
-        .flatten()
-        .is_some_and(|len| body.len() >= len)
-}
-
-/// The `uid` claim of a session token.
-fn user_id_of(token: &str) -> String {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).expect("JWT payload");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .expect("base64url payload");
-    let claims: Value = serde_json::from_slice(&bytes).expect("JSON claims");
-    claims["uid"].as_str().expect("uid claim").to_owned()
-}
-
-/// A `wss://` client that keeps the messages it skipped, so a wait for one
-/// message does not lose another.
-struct Wss {
-    socket: WebSocketStream<TlsStream<TcpStream>>,
-    unread: Vec<Value>,
-}
-
-async fn open_socket(cert: &TestCert, addr: SocketAddr, token: &str) -> Wss {
+async fn open_socket(
+    cert: &TestCert,
+    addr: SocketAddr,
+    token: &str,
+) -> Client<TlsStream<TcpStream>> {
     let tls = tls_connect(cert, addr).await;
     let url = format!(
         "wss://localhost:{}/ws?lang=en&status=true&token={token}",
         addr.port()
     );
-    let (socket, response) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, tls))
-        .await
-        .expect("websocket handshake in time")
-        .expect("websocket handshake");
-    assert_eq!(response.status(), 101);
-    Wss {
-        socket,
-        unread: Vec::new(),
-    }
-}
-
-impl Wss {
-    /// The first JSON message matching `want`, received or arriving within [`WAIT`].
-    async fn next_matching(&mut self, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-        if let Some(i) = self.unread.iter().position(&want) {
-            return self.unread.remove(i);
-        }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let message = tokio::time::timeout(left, self.socket.next())
-                .await
-                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-                .unwrap_or_else(|| panic!("socket ended while waiting for {what}"))
-                .expect("websocket read");
-            if let Message::Text(text) = message {
-                let value: Value = serde_json::from_str(text.as_str()).expect("JSON message");
-                if want(&value) {
-                    return value;
-                }
-                self.unread.push(value);
-            }
-        }
-    }
-
-    async fn send(&mut self, value: Value) {
-        self.socket
-            .send(Message::text(value.to_string()))
-            .await
-            .expect("websocket send");
-    }
-
-    async fn close(mut self) {
-        let _ = self.socket.close(None).await;
-    }
+    connect_over(tls, &url).await
 }
 
 fn presence_event_of<'a>(event: &'a Value, list: &str, user: &str) -> Option<&'a Value> {
@@ -245,7 +151,7 @@ async fn wss_follow_update_and_leave_across_shards() {
     for i in 0..4 {
         let friend = &users[(i + 1) % 4].0;
         sockets[i]
-            .send(json!({"cid": "1", "status_follow": {"user_ids": [friend]}}))
+            .send_json(json!({"cid": "1", "status_follow": {"user_ids": [friend]}}))
             .await;
         let snapshot = sockets[i]
             .next_matching("the follow snapshot", |v| v["cid"] == "1")
@@ -257,7 +163,7 @@ async fn wss_follow_update_and_leave_across_shards() {
     for (i, socket) in sockets.iter_mut().enumerate() {
         let status = format!("status of {i} over TLS");
         socket
-            .send(json!({"cid": "2", "status_update": {"status": status}}))
+            .send_json(json!({"cid": "2", "status_update": {"status": status}}))
             .await;
         socket
             .next_matching("the update ack", |v| v["cid"] == "2")
@@ -273,7 +179,7 @@ async fn wss_follow_update_and_leave_across_shards() {
             .await;
     }
     // User 1 disconnects: user 0 (its follower) sees the leave.
-    sockets.remove(1).close().await;
+    sockets.remove(1).close(1000).await;
     let friend = users[1].0.clone();
     let leave = sockets[0]
         .next_matching("the friend's leave", |v| {
@@ -290,7 +196,7 @@ async fn wss_follow_update_and_leave_across_shards() {
     for n in 0..50 {
         let status = format!("{n}:{big}");
         sockets[0]
-            .send(json!({"cid": format!("b{n}"), "status_update": {"status": status}}))
+            .send_json(json!({"cid": format!("b{n}"), "status_update": {"status": status}}))
             .await;
     }
     let zero = users[0].0.clone();
@@ -300,8 +206,8 @@ async fn wss_follow_update_and_leave_across_shards() {
                 .is_some_and(|p| p["status"].as_str().is_some_and(|s| s.starts_with("49:")))
         })
         .await;
-    for socket in sockets {
-        socket.close().await;
+    for mut socket in sockets {
+        socket.close(1000).await;
     }
     tokio::task::spawn_blocking(move || server.shutdown())
         .await

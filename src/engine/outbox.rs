@@ -18,12 +18,13 @@
 //! normally run on the session's home shard, but nothing here depends on
 //! that: every field is atomic, so any thread may push or request a close.
 //!
-//! The queue is bounded in **bytes** (`--outgoing-queue-bytes`). A push that
-//! would exceed the bound is refused and closes *this* session with
-//! `session outgoing queue full`; the caller counts it. One frame is always
-//! accepted into an empty queue, whatever its size, so a large reply (a big
-//! snapshot) is delivered rather than mistaken for a slow consumer. Nothing is ever
-//! dropped silently: a session either receives every frame in order, or it is
+//! The queue is bounded in **bytes** (`--outgoing-queue-bytes`). A push made
+//! while the bytes already queued reach the bound is refused and closes
+//! *this* session with `session outgoing queue full`; the caller counts it.
+//! Below the bound any frame is taken, whatever its size, so one event or
+//! snapshot larger than the bound still reaches a client that keeps up (the
+//! queue holds at most the bound plus one frame). Nothing is ever dropped
+//! silently: a session either receives every frame in order, or it is
 //! closed with a reason.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -132,9 +133,9 @@ impl Outbox {
         }
         let len = frame.len();
         let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        // An empty queue takes any one frame: a single reply (say, a large
-        // snapshot) is never refused for its own size.
-        if before > 0 && before + len > self.limit {
+        // The bound is on what is already queued: below it a frame of any
+        // size is taken (see the module doc).
+        if before >= self.limit {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return if self.close(CloseCause::SlowConsumer) {
                 Push::Overflowed
@@ -328,19 +329,21 @@ mod tests {
     }
 
     #[test]
-    fn passing_the_byte_bound_closes_the_session_once() {
+    fn reaching_the_byte_bound_closes_the_session_once() {
         let outbox = Outbox::new(Format::Json, 100, 0);
         assert_eq!(outbox.push(frame(60)), Push::Queued);
-        assert_eq!(outbox.push(frame(60)), Push::Overflowed);
+        assert_eq!(outbox.push(frame(60)), Push::Queued);
+        assert_eq!(outbox.push(frame(1)), Push::Overflowed);
         assert_eq!(outbox.push(frame(1)), Push::Closed);
         assert_eq!(outbox.close_cause(), Some(&CloseCause::SlowConsumer));
-        assert_eq!(outbox.queued_bytes(), 62);
+        assert_eq!(outbox.queued_bytes(), 124);
     }
 
     #[test]
-    fn an_empty_queue_takes_one_frame_of_any_size() {
+    fn a_frame_bigger_than_the_bound_fits_below_it() {
         let outbox = Outbox::new(Format::Json, 100, 0);
-        assert_eq!(outbox.push(frame(120)), Push::Queued);
+        assert_eq!(outbox.push(frame(10)), Push::Queued);
+        assert_eq!(outbox.push(frame(150)), Push::Queued);
         assert_eq!(outbox.push(frame(1)), Push::Overflowed);
     }
 

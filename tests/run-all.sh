@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: Rust unit and integration tests, then the
 # official Nakama JavaScript client (JSON, protobuf, TLS) against a freshly
-# built herald, then the /status-demo page in headless Chromium. Installs
+# built herald, then the /status-demo page in headless Chromium, then the
+# fault-injection test (a herald built with that feature, in a target
+# directory of its own so the binary the other suites use never has it). Installs
 # what it needs (see tests/install-deps.sh). Screenshots of the page go to
 # $ARTIFACTS_DIR (default: <target dir>/browser-artifacts).
 set -euo pipefail
@@ -26,3 +28,8 @@ echo "==> status page in headless Chromium"
 cd "$root/tests/browser"
 HERALD_BIN="$target/release/herald" \
   ARTIFACTS_DIR="${ARTIFACTS_DIR:-$target/browser-artifacts}" npm test
+
+echo "==> fault injection (herald built with --features fault-injection)"
+cd "$root"
+CARGO_TARGET_DIR="$target/fault-injection" \
+  cargo test --release --features fault-injection --test fault_injection

@@ -169,7 +169,6 @@ async fn a_follower_that_stops_reading_is_closed_and_another_gets_all_20000_chan
 }
 
 #[tokio::test]
-#[ignore = "written for 97148c1's rule (bound on what is already queued); main's rule (only an empty queue takes a frame over the bound) still closes a session here; to be decided by the lead"]
 async fn a_frame_larger_than_the_whole_bound_still_reaches_a_reader_that_keeps_up() {
     // Nakama bounds its queue in messages, so one big message always fits.
     // Here the bound is in bytes: a single event (two 2048-byte statuses) or

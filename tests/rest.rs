@@ -389,3 +389,31 @@ async fn accounts_survive_a_restart() {
     session.recv_event().await;
     assert_join(&follower.recv_event().await, &bob, "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_authenticates_of_one_new_id_over_http_make_one_account_and_no_5xx() {
+    let rest = Rest::start();
+    let addr = rest.server.addr;
+    let calls: Vec<_> = (0..500)
+        .map(|_| {
+            tokio::spawn(async move {
+                authenticate_custom(addr, "?create=true&", r#"{"id":"contended1"}"#).await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    let mut users = std::collections::HashSet::new();
+    for call in calls {
+        let reply = call.await.expect("the call finished");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let json = reply.json();
+        if json["created"] == true {
+            created += 1;
+        }
+        let token = json["token"].as_str().expect("token");
+        let claims = rest.tokens.verify_session(token).expect("valid token");
+        users.insert(claims.user_id);
+    }
+    assert_eq!(created, 1, "exactly one call created the account");
+    assert_eq!(users.len(), 1, "every call got the same account");
+}

@@ -124,6 +124,17 @@ impl Hist {
         }
     }
 
+    /// Merges the histogram a worker reported under `"hist"` in `report`,
+    /// if it has one.
+    pub fn merge_report(&mut self, report: &serde_json::Value) {
+        if let Some(wire) = report
+            .get("hist")
+            .and_then(|h| serde_json::from_value::<HistWire>(h.clone()).ok())
+        {
+            self.merge_wire(&wire);
+        }
+    }
+
     pub fn merge_wire(&mut self, w: &HistWire) {
         for &(i, c) in &w.b {
             if let Some(slot) = self.counts.get_mut(i as usize) {

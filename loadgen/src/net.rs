@@ -744,21 +744,7 @@ mod tests {
         }
     }
 
-    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
-        let n = payload.len();
-        if n < 126 {
-            v.push(n as u8);
-        } else if n <= 65535 {
-            v.push(126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            v.push(127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        v.extend_from_slice(payload);
-        v
-    }
+    use crate::ws::server_frame as frame;
 
     #[test]
     fn frames_split_across_reads_are_reassembled() {

@@ -147,30 +147,32 @@ impl MaskGen {
     }
 }
 
+/// An unmasked frame as a server sends it (`fin` clear: a fragment), for tests.
+#[cfg(test)]
+pub fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![if fin { 0x80 } else { 0 } | opcode];
+    let n = payload.len();
+    if n < 126 {
+        v.push(n as u8);
+    } else if n <= 65535 {
+        v.push(126);
+        v.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        v.push(127);
+        v.extend_from_slice(&(n as u64).to_be_bytes());
+    }
+    v.extend_from_slice(payload);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![0x80 | opcode];
-        let n = payload.len();
-        if n < 126 {
-            v.push(n as u8);
-        } else if n <= 65535 {
-            v.push(126);
-            v.extend_from_slice(&(n as u16).to_be_bytes());
-        } else {
-            v.push(127);
-            v.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-        v.extend_from_slice(payload);
-        v
-    }
-
     #[test]
     fn headers_of_all_length_forms() {
         for n in [0usize, 5, 125, 126, 1000, 65535, 65536, 200_000] {
-            let f = server_frame(OP_TEXT, &vec![b'x'; n]);
+            let f = server_frame(true, OP_TEXT, &vec![b'x'; n]);
             let h = parse_header(&f).expect("ok").expect("complete");
             assert_eq!(h.payload_len, n);
             assert_eq!(h.total(), f.len());

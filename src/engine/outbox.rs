@@ -64,29 +64,32 @@ pub enum Push {
 /// The per-connection outbound queue and control flags (see the module doc).
 ///
 /// Laid out for the fan-out loop, which touches a million of these per
-/// change: every field a push reads or writes sits in the first cache line
-/// (`repr(C)` keeps the order), the rarely used close cause after them, and
-/// the queue, whose head and tail are cache-padded, last.
+/// change: everything a push to an idle session reads or writes (byte
+/// count, slot, waker, closing flag, format) sits in the first cache line
+/// (`repr(C)` keeps the order; a test checks it). The bound is read only when
+/// something is already queued, so it may sit on the second line with the
+/// rarely used fields, and the queue, whose head and tail are cache-padded,
+/// comes last.
 #[repr(C)]
 pub struct Outbox {
     /// Bytes pushed and not yet written to the socket (queued or held by the writer).
     queued_bytes: AtomicUsize,
-    /// The byte bound.
-    limit: usize,
-    /// The connection task's waker, woken when there is something to do.
-    waker: AtomicWaker,
-    /// Engine clock (seconds) when the client last proved it is alive.
-    last_heard: AtomicU32,
-    /// The session's wire format; decides which encoding of an event it gets.
-    format: Format,
-    /// Set once a close was requested; pushes are refused from then on.
-    closing: AtomicBool,
-    /// True while a request of this session waits for other shards. The
-    /// connection reads no further requests until the shard clears it.
-    request_pending: AtomicBool,
     /// The next frame to write, when it was pushed with nothing pending
     /// (see the module doc). Read before the queue.
     slot: Mutex<Option<Frame>>,
+    /// The connection task's waker, woken when there is something to do.
+    waker: AtomicWaker,
+    /// Set once a close was requested; pushes are refused from then on.
+    closing: AtomicBool,
+    /// The session's wire format; decides which encoding of an event it gets.
+    format: Format,
+    /// True while a request of this session waits for other shards. The
+    /// connection reads no further requests until the shard clears it.
+    request_pending: AtomicBool,
+    /// Engine clock (seconds) when the client last proved it is alive.
+    last_heard: AtomicU32,
+    /// The byte bound.
+    limit: usize,
     /// Why the session is closing, when the engine asked for it.
     cause: OnceLock<CloseCause>,
     /// Frames in the order they must be written, after the slot's.
@@ -134,8 +137,9 @@ impl Outbox {
         let len = frame.len();
         let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         // The bound is on what is already queued: below it a frame of any
-        // size is taken (see the module doc).
-        if before >= self.limit {
+        // size is taken (see the module doc). Nothing queued is always below
+        // it, so a push to an idle session does not read the bound's line.
+        if before != 0 && before >= self.limit {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             return if self.close(CloseCause::SlowConsumer) {
                 Push::Overflowed
@@ -296,6 +300,20 @@ mod tests {
             assert_eq!(outbox.pop().as_ref(), Some(f));
         }
         assert_eq!(outbox.pop(), None);
+    }
+
+    #[test]
+    fn a_push_to_an_idle_session_touches_only_the_first_cache_line() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(std::mem::align_of::<Outbox>() % 64, 0);
+        let ends = [
+            offset_of!(Outbox, queued_bytes) + size_of::<AtomicUsize>(),
+            offset_of!(Outbox, slot) + size_of::<Mutex<Option<Frame>>>(),
+            offset_of!(Outbox, waker) + size_of::<AtomicWaker>(),
+            offset_of!(Outbox, closing) + size_of::<AtomicBool>(),
+            offset_of!(Outbox, format) + size_of::<Format>(),
+        ];
+        assert!(ends.iter().all(|end| *end <= 64), "{ends:?}");
     }
 
     #[test]

@@ -32,12 +32,12 @@ use super::outbox::{CloseCause, Outbox, Push};
 use super::stats::ShardStats;
 use super::status_query::UserStatus;
 use super::EngineHandle;
-
-/// Followers handled per batch in the fan-out loop (see [`Shard::deliver`]).
-const FANOUT_BATCH: usize = 32;
 use crate::ids::{SessionId, UserId};
 use crate::protocol::errors::close_reason;
 use crate::protocol::{Frame, Notification, Presence, Reply, ReplyBody, StatusPresenceEvent};
+
+/// Followers handled per batch in the fan-out loop (see [`Shard::deliver`]).
+const FANOUT_BATCH: usize = 32;
 
 /// Names a session on its home shard. The generation makes a key of a closed
 /// session useless once its slot is reused, so late messages for it are
@@ -198,11 +198,7 @@ impl Shard {
 
     /// The session id and user of session `key` while it is registered (for log lines).
     pub fn session_ids(&self, key: SessionKey) -> Option<(SessionId, UserId)> {
-        let slot = self.slots.get(key.slot as usize)?;
-        if slot.generation != key.generation {
-            return None;
-        }
-        let entry = self.entries.get(key.slot as usize)?.as_ref()?;
+        let entry = self.entries.get(self.live_index(key)?)?.as_ref()?;
         Some((entry.id, entry.user))
     }
 
@@ -336,22 +332,22 @@ impl Shard {
         Some(entry)
     }
 
+    /// The index of `key`'s slot, if `key` still names that slot's session
+    /// (not an earlier one that held the slot).
+    fn live_index(&self, key: SessionKey) -> Option<usize> {
+        let index = key.slot as usize;
+        (self.slots.get(index)?.generation == key.generation).then_some(index)
+    }
+
     /// The session's state, if `key` still names a live session.
     pub(super) fn entry_mut(&mut self, key: SessionKey) -> Option<&mut SessionEntry> {
-        let slot = self.slots.get(key.slot as usize)?;
-        if slot.generation != key.generation {
-            return None;
-        }
-        self.entries.get_mut(key.slot as usize)?.as_mut()
+        let index = self.live_index(key)?;
+        self.entries.get_mut(index)?.as_mut()
     }
 
     /// The session's outbox, if `key` still names a live session.
     pub(super) fn outbox(&self, key: SessionKey) -> Option<&Arc<Outbox>> {
-        let slot = self.slots.get(key.slot as usize)?;
-        if slot.generation != key.generation {
-            return None;
-        }
-        slot.outbox.as_ref()
+        self.slots.get(self.live_index(key)?)?.outbox.as_ref()
     }
 
     /// Queues a reply to the session's outbox.
@@ -431,18 +427,24 @@ impl Shard {
     /// format. This is the fan-out loop: no allocation per follower, one
     /// `Arc` clone and one queue push each.
     pub(super) fn deliver(&self, change: &StatusChange) {
-        let Some(followers) = self.followers.followers_of(change.user) else {
-            // No follower here, but this shard still counts as done: the last
-            // shard to deliver records the fan-out time, even when it is not one
-            // that had followers. A change that only its owner delivers and that
-            // nobody follows has no fan-out to time.
-            if let Some(elapsed) = change.delivered() {
-                if change.shards() > 1 {
-                    self.stats.fanout.record(elapsed);
-                }
+        let followers = self.followers.followers_of(change.user);
+        if let Some(followers) = followers {
+            self.push_to(followers, change);
+        }
+        // Every delivering shard counts, followers here or not: the last one
+        // records the fan-out time. A change that only its owner delivers
+        // and nobody there follows has no fan-out to time.
+        if let Some(elapsed) = change.delivered() {
+            if followers.is_some() || change.shards() > 1 {
+                self.stats.fanout.record(elapsed);
             }
-            return;
-        };
+        }
+    }
+
+    /// Queues `change` to every session in `followers`, in batches: a whole
+    /// batch of outboxes is looked up and touched first, so that their cache
+    /// misses overlap, then each gets the frame.
+    fn push_to(&self, followers: &HandleSet, change: &StatusChange) {
         let local = self.engine.router().shard_of_user(change.user) == self.index;
         let mut frames: [Option<Frame>; 2] = [None, None];
         let mut delivered = 0u64;
@@ -465,8 +467,6 @@ impl Shard {
                 }
             }
         };
-        // Followers go in batches: look up and touch a whole batch of
-        // outboxes first, so their cache misses overlap, then push to each.
         let mut batch: [Option<&Outbox>; FANOUT_BATCH] = [None; FANOUT_BATCH];
         let mut len = 0;
         followers.for_each(|slot| {
@@ -487,9 +487,6 @@ impl Shard {
         });
         push_all(&batch[..len]);
         ShardStats::add(&self.stats.deliveries, delivered);
-        if let Some(elapsed) = change.delivered() {
-            self.stats.fanout.record(elapsed);
-        }
     }
 
     // ---- follow graph -----------------------------------------------------

@@ -73,7 +73,7 @@ impl WriteQueue {
     ) -> Poll<io::Result<()>> {
         loop {
             let mut batch: SmallVec<[Frame; MAX_IOVECS]> = SmallVec::new();
-            let result = {
+            let (result, bytes) = {
                 let mut iov: SmallVec<[IoSlice<'_>; MAX_IOVECS]> = SmallVec::new();
                 let mut bytes = 0;
                 for (i, frame) in self.held.iter().take(MAX_IOVECS).enumerate() {
@@ -91,11 +91,12 @@ impl WriteQueue {
                     batch.push(frame);
                 }
                 iov.extend(batch.iter().map(|f| IoSlice::new(f.as_bytes())));
-                if iov.is_empty() {
+                let result = if iov.is_empty() {
                     None
                 } else {
                     Some(Pin::new(&mut *io).poll_write_vectored(cx, &iov))
-                }
+                };
+                (result, bytes)
             };
             let Some(result) = result else {
                 return self.poll_write_close(cx, io, stats);
@@ -111,8 +112,8 @@ impl WriteQueue {
                     ShardStats::add(&stats.write_syscalls, 1);
                     ShardStats::add(&stats.bytes_written, written as u64);
                     outbox.written(written);
-                    let batch_bytes: usize = batch.iter().map(Frame::len).sum();
-                    if !(self.held.is_empty() && written == batch_bytes) {
+                    // With nothing held, `bytes` is the batch's size.
+                    if !(self.held.is_empty() && written == bytes) {
                         // Something is left to write: keep it, in order.
                         self.held.extend(batch);
                         self.consume(written);

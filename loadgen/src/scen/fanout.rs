@@ -52,13 +52,7 @@ pub fn coord(a: &FanoutArgs, cl: &mut Cluster, probe: &Probe) -> Result<Value> {
         let rs = cl.collect("round", t)?;
         let mut h = Hist::new();
         for x in &rs {
-            if let Some(w) = x
-                .data
-                .get("hist")
-                .and_then(|v| serde_json::from_value::<HistWire>(v.clone()).ok())
-            {
-                h.merge_wire(&w);
-            }
+            h.merge_report(&x.data);
         }
         let got = sum(&rs, "got");
         let expected = sum(&rs, "expected");

@@ -15,7 +15,7 @@ use super::{
     loadgen_delta, local_count, phase_timeout, server_delta, sum, user_dir, Probe, Strict,
 };
 use crate::cluster::Cluster;
-use crate::hist::{Hist, HistWire};
+use crate::hist::Hist;
 use crate::net::{CloseWhy, Handler, State};
 use crate::scan::{classify, parse_stamp, presence_status, write_stamp, Kind, Stamp};
 use crate::shard::Ctx;
@@ -114,13 +114,7 @@ pub fn coord(a: &MeshArgs, cl: &mut Cluster, probe: &Probe, soak: bool) -> Resul
     let s3 = probe.raw();
     let mut hist = Hist::new();
     for x in &v {
-        if let Some(w) = x
-            .data
-            .get("hist")
-            .and_then(|h| serde_json::from_value::<HistWire>(h.clone()).ok())
-        {
-            hist.merge_wire(&w);
-        }
+        hist.merge_report(&x.data);
     }
     cl.send("close", Value::Null)?;
     let c = cl.collect("closed", t)?;
@@ -176,12 +170,7 @@ fn print_tick(n: u64, v: &[Value], start: u64) {
     };
     let mut h = Hist::new();
     for x in v {
-        if let Some(w) = x
-            .get("hist")
-            .and_then(|h| serde_json::from_value::<HistWire>(h.clone()).ok())
-        {
-            h.merge_wire(&w);
-        }
+        h.merge_report(x);
     }
     let secs = x_secs(v);
     eprintln!(

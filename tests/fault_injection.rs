@@ -4,8 +4,8 @@
 //! sessions on the same shard and on the other shard keep getting events.
 //!
 //! Built only with the feature (see `[[test]]` in Cargo.toml):
-//! `cargo test --release --features fault-injection --test fault_injection`.
-//! tests/run-all.sh runs it in a target directory of its own, so the
+//! `cargo test --features fault-injection --test fault_injection`.
+//! tests/run-all.sh runs it in the dev profile (its own output directory), so the
 //! feature never reaches the `herald` binary the other suites use.
 
 mod common;

@@ -1,11 +1,9 @@
 //! Statuses over real sockets (reference §3, §4, §6.1-§6.3): self-follow,
 //! joins on connect, updates, going offline, disconnects, acks and cids.
 
-mod common;
-
 use serde_json::json;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn a_session_connected_with_status_true_receives_its_own_join() {

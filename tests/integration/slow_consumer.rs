@@ -2,8 +2,6 @@
 //! a follower that stops reading is closed with `session outgoing queue
 //! full` once its queue passes the bound, and nobody else loses anything.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +9,7 @@ use std::time::Duration;
 use herald::engine::stats::CloseKind;
 use serde_json::Value;
 
-use common::*;
+use crate::common::*;
 
 /// Padding that makes every event frame about 1 KiB.
 fn status(n: u32) -> String {

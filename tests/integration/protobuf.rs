@@ -3,12 +3,10 @@
 //! (Nakama's field numbers, written from the reference), and the fixed
 //! replies are compared byte for byte with Go's `proto.Marshal` output.
 
-mod common;
-
 use prost::Message as _;
 use serde_json::json;
 
-use common::*;
+use crate::common::*;
 
 // ---------------------------------------------------------------------------
 // The schema, from nakama-common's realtime.proto (status messages only)

@@ -4,8 +4,6 @@
 //! dropped after the head timeout, and the opt-in rate limits answer error 3
 //! while the session stays open.
 
-mod common;
-
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
@@ -14,7 +12,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_the_upgrade_gets_503_and_a_freed_slot_is_reused() {

@@ -3,15 +3,13 @@
 //! survive `kill -9` in the middle of an authenticate storm, and a second
 //! signal during shutdown exits at once.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_and_gauges_return_to_baseline_after_connect_follow_close_cycles() {

@@ -2,15 +2,13 @@
 //! format and token checks before the upgrade, `status` parsed like Go's
 //! `strconv.ParseBool`, and the small routes a load balancer or a browser uses.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use common::*;
+use crate::common::*;
 
 const INVALID_TOKEN: &str = "Missing or invalid token";
 

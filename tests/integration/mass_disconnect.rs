@@ -2,15 +2,13 @@
 //! status all go away within half a second, and one observer following all
 //! of them gets every one of the 2,000 leaves, each once, with its status.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use herald::engine::stats::CloseKind;
 use serde_json::json;
 
-use common::*;
+use crate::common::*;
 
 const SESSIONS: usize = 2_000;
 /// Ids per follow request: 90 uuids stay under the 4096-byte message limit.

@@ -5,14 +5,12 @@
 //! Servers here ping every second and wait two, so a dead session is closed
 //! within about three seconds; "stays open" is watched for four.
 
-mod common;
-
 use std::time::Duration;
 
 use herald::engine::stats::CloseKind;
 use serde_json::json;
 
-use common::*;
+use crate::common::*;
 
 /// How long a live session is watched: twice the pong wait.
 const WATCH: Duration = Duration::from_secs(4);

@@ -2,13 +2,11 @@
 //! environment variables that conflict: flag > env > file > default. Also:
 //! a bad key stops start-up with the key named, and SIGTERM exits with 0.
 
-mod common;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn write_config(dir: &Path, body: &str) -> std::path::PathBuf {
     let path = dir.join("herald.toml");

@@ -3,8 +3,6 @@
 //! between shards, start-up errors that name the file, and the handshake
 //! timeout.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +19,7 @@ use tokio_rustls::TlsConnector;
 use herald::config::Config;
 use herald::server::Server;
 
-use common::{connect_over, http_bytes, http_exchange_over, user_of, Client, WAIT};
+use crate::common::{connect_over, http_bytes, http_exchange_over, user_of, Client, WAIT};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM.
 struct TestCert {
@@ -97,7 +95,7 @@ async fn authenticate(cert: &TestCert, addr: SocketAddr, id: &str) -> (String, S
         "POST",
         &format!("/v2/account/authenticate/custom?create=true&username={id}"),
         &[
-            ("Authorization", common::DEFAULT_KEY_AUTH),
+            ("Authorization", crate::common::DEFAULT_KEY_AUTH),
             ("Content-Type", "application/json"),
         ],
         body.as_bytes(),

@@ -1,13 +1,11 @@
 //! The REST endpoints (reference §9) over real HTTP/1.1 against a whole
 //! in-process server, driven by raw requests over a TcpStream.
 
-mod common;
-
 use herald::auth::{Tokens, Vars};
 use herald::ids::UserId;
 use herald::transport::http::MAX_BODY_BYTES;
 
-use common::*;
+use crate::common::*;
 
 const MAX_BODY: usize = MAX_BODY_BYTES;
 

@@ -3,14 +3,12 @@
 //! request, wrong frame types, oversize messages, fragmentation, control
 //! frames and websocket protocol violations. Driven with hand-built frames.
 
-mod common;
-
 use std::time::Duration;
 
 use herald::engine::stats::CloseKind;
 use serde_json::json;
 
-use common::*;
+use crate::common::*;
 
 const MALFORMED: (u16, &str) = (1000, "received malformed payload");
 const ERROR_PROCESSING: (u16, &str) = (1000, "error processing message");

@@ -2,13 +2,11 @@
 //! §6.5), Herald's `--max-follows` and `--follow-unknown-ids`, and follow
 //! atomicity across shards.
 
-mod common;
-
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::*;
+use crate::common::*;
 
 const NIL: &str = "00000000-0000-0000-0000-000000000000";
 

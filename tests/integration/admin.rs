@@ -1,8 +1,6 @@
 //! The admin listener over real sockets: an in-process server on port 0 for
 //! both listeners, driven by raw HTTP and websocket clients.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,7 +10,7 @@ use herald::engine::{EngineConfig, EngineHandle};
 use herald::server::Server;
 use serde_json::{json, Value};
 
-use common::*;
+use crate::common::*;
 
 const HTTP_KEY: &str = "test-http-key";
 

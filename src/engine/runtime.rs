@@ -210,13 +210,15 @@ async fn drain_inbox(ctx: Rc<ShardContext>) {
 /// not hold back deliveries for the whole sweep.
 const KEEPALIVE_CHUNK: usize = 4096;
 
-/// Once a second: websocket pings and pong deadlines, swept in chunks.
+/// Once a second: websocket pings and pong deadlines, swept in chunks, with
+/// at most [`Shard::ping_budget`] pings per sweep.
 async fn keepalive(ctx: Rc<ShardContext>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = ctx.engine.now();
+        let mut budget = ctx.shard.borrow().ping_budget();
         let mut from = Some(0);
         while let Some(start) = from {
             from = None;
@@ -224,7 +226,7 @@ async fn keepalive(ctx: Rc<ShardContext>) {
                 from = ctx
                     .shard
                     .borrow_mut()
-                    .keepalive(now, start, KEEPALIVE_CHUNK);
+                    .keepalive(now, start, KEEPALIVE_CHUNK, &mut budget);
             });
             if from.is_some() {
                 tokio::task::yield_now().await;

@@ -39,6 +39,10 @@ use crate::protocol::{Frame, Notification, Presence, Reply, ReplyBody, StatusPre
 /// Followers handled per batch in the fan-out loop (see [`Shard::deliver`]).
 const FANOUT_BATCH: usize = 32;
 
+/// The smallest keepalive budget (see [`Shard::ping_budget`]): a small
+/// shard pings everyone due at once.
+const MIN_PINGS_PER_SWEEP: usize = 256;
+
 /// Names a session on its home shard. The generation makes a key of a closed
 /// session useless once its slot is reused, so late messages for it are
 /// recognised and answered (e.g. follow edges handed back).
@@ -467,8 +471,12 @@ impl Shard {
                 }
             }
         };
-        let mut batch: [Option<&Outbox>; FANOUT_BATCH] = [None; FANOUT_BATCH];
-        let mut len = 0;
+        // A software pipeline, one batch deep: while the outbox lines of
+        // `filling` load, the pushes go to `ready`, whose outboxes and
+        // writer tasks were prefetched one batch earlier.
+        let mut filling: [Option<&Outbox>; FANOUT_BATCH] = [None; FANOUT_BATCH];
+        let mut ready = filling;
+        let (mut len, mut ready_len) = (0, 0);
         followers.for_each(|slot| {
             let Some(outbox) = self
                 .slots
@@ -478,14 +486,20 @@ impl Shard {
                 return;
             };
             outbox.prefetch();
-            batch[len] = Some(outbox);
+            filling[len] = Some(outbox);
             len += 1;
             if len == FANOUT_BATCH {
-                push_all(&batch);
-                len = 0;
+                filling.iter().flatten().for_each(|o| o.prefetch_waker());
+                push_all(&ready[..ready_len]);
+                (ready, ready_len, len) = (filling, len, 0);
             }
         });
-        push_all(&batch[..len]);
+        filling[..len]
+            .iter()
+            .flatten()
+            .for_each(|o| o.prefetch_waker());
+        push_all(&ready[..ready_len]);
+        push_all(&filling[..len]);
         ShardStats::add(&self.stats.deliveries, delivered);
     }
 
@@ -735,14 +749,36 @@ impl Shard {
         }
     }
 
+    /// How many sessions one keepalive sweep may ping before deferring the
+    /// rest: enough to ping every session within a quarter of the ping
+    /// period. Sessions that connected together (a mass reconnect after a
+    /// deploy) would otherwise be pinged together, every period, forever:
+    /// one burst of writes that holds back deliveries. Deferred sessions
+    /// keep their order, so the wave spreads once and stays spread.
+    pub fn ping_budget(&self) -> usize {
+        let period = self.engine.config().ping_period_sec.max(1);
+        let per_quarter_period = self.session_count().saturating_mul(4) / period as usize;
+        per_quarter_period.max(MIN_PINGS_PER_SWEEP)
+    }
+
     /// Keepalive, run once a second in chunks of sessions: for the sessions
-    /// in slots `from..` (at most `count` of them), queues a websocket ping
-    /// to each one due for one and closes those silent for longer than the
-    /// pong wait. Returns the slot to start the next chunk at, or `None`
-    /// once every slot was visited.
-    pub fn keepalive(&mut self, now: u32, from: usize, count: usize) -> Option<usize> {
+    /// in slots `from..` (at most `count` of them), closes those silent for
+    /// longer than the pong wait and queues a websocket ping to each one due
+    /// for one, while `budget` lasts. A due session past the budget waits
+    /// for the next sweep, unless its ping is already half-way from the
+    /// period to the pong wait late: that one is pinged anyway, so deferring
+    /// never costs a live client its connection. Returns the slot to start
+    /// the next chunk at, or `None` once every slot was visited.
+    pub fn keepalive(
+        &mut self,
+        now: u32,
+        from: usize,
+        count: usize,
+        budget: &mut usize,
+    ) -> Option<usize> {
         let config = self.engine.config();
         let (period, wait) = (config.ping_period_sec, config.pong_wait_sec);
+        let overdue = period.saturating_add(wait.saturating_sub(period) / 2);
         let end = from.saturating_add(count).min(self.slots.len());
         let slots = self.slots.get(from..end).unwrap_or_default();
         let entries = self.entries.get_mut(from..end).unwrap_or_default();
@@ -750,9 +786,11 @@ impl Shard {
             let (Some(outbox), Some(entry)) = (&slot.outbox, entry) else {
                 continue;
             };
+            let since_ping = now.saturating_sub(entry.last_ping);
             if now.saturating_sub(outbox.last_heard()) >= wait {
                 outbox.close(CloseCause::Timeout);
-            } else if now.saturating_sub(entry.last_ping) >= period {
+            } else if since_ping >= overdue || (since_ping >= period && *budget > 0) {
+                *budget = budget.saturating_sub(1);
                 entry.last_ping = now;
                 let _ = outbox.push(self.ping.clone());
             }

@@ -274,3 +274,42 @@ fn unknown_users_are_not_followed_unless_configured() {
     assert!(cluster.shards[0].interest_of(stranger).is_empty());
     assert!(!cluster.shards[0].knows(stranger));
 }
+
+/// Websocket pings queued to `session` so far (other frames are dropped).
+fn pings_queued(session: &Session) -> usize {
+    let mut pings = 0;
+    while let Some(frame) = session.outbox.pop() {
+        session.outbox.written(frame.len());
+        pings += usize::from(frame.as_bytes()[0] & 0x0f == 0x9);
+    }
+    pings
+}
+
+#[test]
+fn keepalive_spreads_a_wave_of_due_pings_but_never_defers_one_past_the_overdue_point() {
+    // Defaults: ping every 15 s, pong wait 25 s, so a ping is overdue at 20 s.
+    let mut cluster = Cluster::new(1);
+    let users: Vec<UserId> = (0..600).map(|i| cluster.user_on(0, i)).collect();
+    let sessions: Vec<Session> = users.iter().map(|u| cluster.connect(*u, false)).collect();
+    let sweep = |cluster: &mut Cluster, now: u32, budget: Option<usize>| {
+        for session in &sessions {
+            session.outbox.heard(now.saturating_sub(1));
+        }
+        let shard = &mut cluster.shards[0];
+        let mut budget = budget.unwrap_or_else(|| shard.ping_budget());
+        shard.keepalive(now, 0, usize::MAX, &mut budget);
+        sessions.iter().map(pings_queued).collect::<Vec<_>>()
+    };
+    // 600 sessions due together: 256 (the smallest budget) per sweep.
+    let waves: Vec<Vec<usize>> = (15..=17)
+        .map(|now| sweep(&mut cluster, now, None))
+        .collect();
+    let pinged: Vec<usize> = waves.iter().map(|w| w.iter().sum()).collect();
+    assert_eq!(pinged, [256, 256, 88]);
+    for i in 0..sessions.len() {
+        assert_eq!(waves.iter().map(|w| w[i]).sum::<usize>(), 1, "session {i}");
+    }
+    // With no budget left, only the pings 20 s old (the first wave) go out.
+    let overdue = sweep(&mut cluster, 35, Some(0));
+    assert_eq!(overdue, waves[0]);
+}

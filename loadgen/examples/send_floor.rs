@@ -10,11 +10,13 @@
 //! sender's `write`, so this is the per-delivery cost a server pays however
 //! lean its own code is.
 //!
-//! `cargo run --release -p loadgen --example send_floor -- [N] [ROUNDS] [BYTES]`
-//! (defaults 9900 10 200; N is capped by the open-file limit: 2 descriptors
-//! per pair). Prints one JSON line.
+//! `cargo run --release -p loadgen --example send_floor -- [N] [ROUNDS] [BYTES] [send|writev]`
+//! (defaults 9900 10 200 send; N is capped by the open-file limit: 2
+//! descriptors per pair). `writev` makes each write a one-element `writev`
+//! instead of a `send`, to compare the two system calls. Prints one JSON
+//! line.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Instant;
 
@@ -40,6 +42,7 @@ fn arg(index: usize, default: usize) -> usize {
 
 fn main() -> std::io::Result<()> {
     let (pairs, rounds, bytes) = (arg(1, 9_900), arg(2, 10).max(1), arg(3, 200).max(1));
+    let writev = std::env::args().nth(4).as_deref() == Some("writev");
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let mut readers = Vec::with_capacity(pairs);
@@ -59,7 +62,12 @@ fn main() -> std::io::Result<()> {
     for _ in 0..rounds {
         let before = thread_cpu_seconds();
         for writer in &mut writers {
-            writer.write_all(&message)?;
+            let written = if writev {
+                writer.write_vectored(&[IoSlice::new(&message)])?
+            } else {
+                writer.write(&message)?
+            };
+            assert_eq!(written, bytes, "a loopback socket with room takes it all");
         }
         cpu += thread_cpu_seconds() - before;
         for reader in &mut readers {
@@ -75,7 +83,8 @@ fn main() -> std::io::Result<()> {
     }
     let writes = (pairs * rounds) as f64;
     println!(
-        "{{\"bench\":\"send_floor\",\"sockets\":{pairs},\"rounds\":{rounds},\"bytes\":{bytes},\"cpu_us_per_write\":{:.2},\"wall_s\":{:.2}}}",
+        "{{\"bench\":\"send_floor\",\"call\":\"{}\",\"sockets\":{pairs},\"rounds\":{rounds},\"bytes\":{bytes},\"cpu_us_per_write\":{:.2},\"wall_s\":{:.2}}}",
+        if writev { "writev" } else { "send" },
         cpu / writes * 1e6,
         started.elapsed().as_secs_f64()
     );

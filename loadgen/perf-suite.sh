@@ -60,9 +60,14 @@ run() {
 for group in $groups; do
   case $group in
     floor)
+      # The kernel's cost of one small write, by how many sockets the writes
+      # go round (cache footprint) and by system call.
       for _ in $(seq "$REPEAT"); do
-        "$target/release/examples/send_floor" 9900 10 200 |
-          python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["label"]="send_floor"; print(json.dumps(d))' >>"$OUT"
+        for sockets in 10 100 2000 9900; do
+          rounds=$(( 20000 / sockets > 10 ? 20000 / sockets : 10 ))
+          "$target/release/examples/send_floor" "$sockets" "$rounds" 200 |
+            python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["label"]="send_floor"; print(json.dumps(d))' >>"$OUT"
+        done
       done ;;
     fanout)
       for i in $(seq "$REPEAT"); do
@@ -106,7 +111,10 @@ def line(name, value, unit=""):
     if value is not None:
         print(f"{name:58s} {value:>12.2f} {unit}")
 f = pick("send_floor")
-line("send floor: CPU per write, 9,900 sockets (median)", med([r["cpu_us_per_write"] for r in f]), "µs")
+for sockets in sorted({r["sockets"] for r in f}):
+    for call in ["send", "writev"]:
+        line(f"send floor: CPU per {call}, {sockets:,} sockets (median)",
+             med([r.get(f"cpu_us_per_{call}") for r in f if r["sockets"] == sockets]), "µs")
 f = pick("fanout")
 line("fanout 19,800: last delivery (median of runs' medians)", med([r.get("median_last_delivery_ms") for r in f]), "ms")
 line("fanout 19,800: server CPU per delivery", med([r.get("server_rounds", {}).get("cpu_us_per_delivery") for r in f]), "µs")

@@ -96,8 +96,8 @@ impl WriteQueue {
                     [] => None,
                     // One frame (every fan-out delivery to a follower that
                     // keeps up): `send`, which skips the VFS layer `writev`
-                    // goes through: 0.1–1 µs less per write at 2,000–9,900
-                    // sockets (`send_floor` measures both, PERF.md).
+                    // goes through: up to ≈0.5 µs less per write at 2,000
+                    // sockets, within run-to-run noise (`send_floor`, PERF.md).
                     [one] => Some(Pin::new(&mut *io).poll_write(cx, one)),
                     many => Some(Pin::new(&mut *io).poll_write_vectored(cx, many)),
                 };

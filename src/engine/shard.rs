@@ -489,15 +489,12 @@ impl Shard {
             filling[len] = Some(outbox);
             len += 1;
             if len == FANOUT_BATCH {
-                filling.iter().flatten().for_each(|o| o.prefetch_waker());
+                prefetch_wakers(&filling);
                 push_all(&ready[..ready_len]);
                 (ready, ready_len, len) = (filling, len, 0);
             }
         });
-        filling[..len]
-            .iter()
-            .flatten()
-            .for_each(|o| o.prefetch_waker());
+        prefetch_wakers(&filling[..len]);
         push_all(&ready[..ready_len]);
         push_all(&filling[..len]);
         ShardStats::add(&self.stats.deliveries, delivered);
@@ -797,6 +794,14 @@ impl Shard {
         }
         (end < self.slots.len()).then_some(end)
     }
+}
+
+/// Starts loading the writer tasks of a batch of outboxes (see [`Shard::push_to`]).
+fn prefetch_wakers(batch: &[Option<&Outbox>]) {
+    batch
+        .iter()
+        .flatten()
+        .for_each(|outbox| outbox.prefetch_waker());
 }
 
 /// The presence of `session` with `status`.

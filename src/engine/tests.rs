@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::shard::{SessionKey, SessionSpec, Shard};
 use super::{EngineConfig, EngineHandle, Outbox, Outcome};
 use crate::ids::{SessionId, UserId};
-use crate::protocol::{json, Format, Request, RequestBody, ServerBody, ServerMessage};
+use crate::protocol::{json, Format, Frame, Request, RequestBody, ServerBody, ServerMessage};
 
 struct Cluster {
     handle: EngineHandle,
@@ -100,17 +100,31 @@ struct Session {
 }
 
 impl Session {
+    /// Every frame queued to this session so far, taken as the writer would.
+    fn frames(&self) -> Vec<Frame> {
+        std::iter::from_fn(|| self.outbox.pop())
+            .inspect(|frame| self.outbox.written(frame.len()))
+            .collect()
+    }
+
     /// Every message queued to this session so far, decoded.
     fn received(&self) -> Vec<ServerMessage> {
-        let mut out = Vec::new();
-        while let Some(frame) = self.outbox.pop() {
-            self.outbox.written(frame.len());
-            let mut payload = frame.payload().to_vec();
-            if frame.as_bytes()[0] & 0x0f == 0x1 {
-                out.push(json::decode_server_message(&mut payload).expect("server frames decode"));
-            }
-        }
-        out
+        self.frames()
+            .into_iter()
+            .filter(|frame| frame.as_bytes()[0] & 0x0f == 0x1)
+            .map(|frame| {
+                let mut payload = frame.payload().to_vec();
+                json::decode_server_message(&mut payload).expect("server frames decode")
+            })
+            .collect()
+    }
+
+    /// Websocket pings queued to this session so far (other frames are dropped).
+    fn pings_queued(&self) -> usize {
+        self.frames()
+            .iter()
+            .filter(|frame| frame.as_bytes()[0] & 0x0f == 0x9)
+            .count()
     }
 
     /// The statuses of `user` in the events received, in order ("-" for a leave-only event).
@@ -275,16 +289,6 @@ fn unknown_users_are_not_followed_unless_configured() {
     assert!(!cluster.shards[0].knows(stranger));
 }
 
-/// Websocket pings queued to `session` so far (other frames are dropped).
-fn pings_queued(session: &Session) -> usize {
-    let mut pings = 0;
-    while let Some(frame) = session.outbox.pop() {
-        session.outbox.written(frame.len());
-        pings += usize::from(frame.as_bytes()[0] & 0x0f == 0x9);
-    }
-    pings
-}
-
 #[test]
 fn keepalive_spreads_a_wave_of_due_pings_but_never_defers_one_past_the_overdue_point() {
     // Defaults: ping every 15 s, pong wait 25 s, so a ping is overdue at 20 s.
@@ -298,7 +302,10 @@ fn keepalive_spreads_a_wave_of_due_pings_but_never_defers_one_past_the_overdue_p
         let shard = &mut cluster.shards[0];
         let mut budget = budget.unwrap_or_else(|| shard.ping_budget());
         shard.keepalive(now, 0, usize::MAX, &mut budget);
-        sessions.iter().map(pings_queued).collect::<Vec<_>>()
+        sessions
+            .iter()
+            .map(Session::pings_queued)
+            .collect::<Vec<_>>()
     };
     // 600 sessions due together: 256 (the smallest budget) per sweep.
     let waves: Vec<Vec<usize>> = (15..=17)

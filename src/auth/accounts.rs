@@ -12,7 +12,13 @@
 //! Group commit: the thread blocks for one job, drains whatever else is queued
 //! (up to [`MAX_BATCH`]), runs all of them in one `BEGIN IMMEDIATE`
 //! transaction (each inside its own savepoint, so one failing job cannot undo
-//! another), commits, and only then answers them. An account is therefore
+//! another), commits, and only then answers them. Background jobs (recording
+//! a user first seen in a minted token, which no request waits for) skip the
+//! savepoint, since each writes with one statement that SQLite applies whole
+//! or not at all, and a batch made only of them waits up to
+//! [`BACKGROUND_LINGER`] for more, so a connect storm commits once per
+//! hundreds of users rather than once per user. A request's job ends the
+//! wait at once. An account is therefore
 //! acknowledged only after its commit (see Durability for what that
 //! guarantees), and a burst of sign-ups pays for one transaction (lock, WAL
 //! append, and the sync, were the database ever run with `synchronous=FULL`)
@@ -45,7 +51,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam::channel::{self, Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
@@ -60,6 +66,10 @@ pub const DB_FILE_NAME: &str = "herald.sqlite3";
 /// Most jobs run in one transaction. Bounds the latency a job can add to the
 /// others in its batch.
 pub const MAX_BATCH: usize = 256;
+
+/// How long a batch of background jobs only waits for more to share its
+/// commit. A job someone waits for never waits for this.
+pub const BACKGROUND_LINGER: Duration = Duration::from_millis(5);
 
 /// Attempts at finding a free generated username before giving up.
 const USERNAME_ATTEMPTS: usize = 64;
@@ -162,8 +172,17 @@ type Deliver = Box<dyn FnOnce(Result<(), AccountError>) + Send>;
 /// not be started, so the job only reports that) and returns how to answer it.
 type Job = Box<dyn FnOnce(Option<&mut Transaction<'_>>) -> Deliver + Send>;
 
+/// Whether a caller waits on the job (see the module doc).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    /// A request waits: run it now, inside its own savepoint.
+    Request,
+    /// Nobody waits, and the job writes with at most one statement.
+    Background,
+}
+
 enum Message {
-    Job(Job),
+    Job(Job, Urgency),
     /// Finish what was queued before this, checkpoint, close, then signal.
     Shutdown(oneshot::Sender<()>),
 }
@@ -287,8 +306,10 @@ impl AccountStore {
         username: Option<String>,
         create: bool,
     ) -> Result<Account, AccountError> {
-        self.call(move |conn| authenticate_in(conn, kind, &id, username.as_deref(), create))
-            .await
+        self.call(Urgency::Request, move |conn| {
+            authenticate_in(conn, kind, &id, username.as_deref(), create)
+        })
+        .await
     }
 
     /// Records a user first seen in a token minted by a real Nakama. Inserts
@@ -302,13 +323,16 @@ impl AccountStore {
         user_id: UserId,
         username: String,
     ) -> Result<Option<String>, AccountError> {
-        self.call(move |conn| record_external_in(conn, user_id, &username))
-            .await
+        self.call(Urgency::Background, move |conn| {
+            record_external_in(conn, user_id, &username)
+        })
+        .await
     }
 
     /// Looks an account up by user id (`created` is always false).
     pub async fn get(&self, user_id: UserId) -> Result<Option<Account>, AccountError> {
-        self.call(move |conn| get_in(conn, user_id)).await
+        self.call(Urgency::Request, move |conn| get_in(conn, user_id))
+            .await
     }
 
     /// Stops the store thread: queued work is finished and committed, the WAL
@@ -322,16 +346,17 @@ impl AccountStore {
     }
 
     /// Sends `work` to the store thread and waits for its committed result.
-    async fn call<T, F>(&self, work: F) -> Result<T, AccountError>
+    async fn call<T, F>(&self, urgency: Urgency, work: F) -> Result<T, AccountError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, AccountError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, AccountError>>();
         let job: Job = Box::new(move |txn: Option<&mut Transaction<'_>>| {
-            let result = match txn {
-                Some(txn) => in_savepoint(txn, work),
-                None => Err(AccountError::Store("no transaction".into())),
+            let result = match (txn, urgency) {
+                (Some(txn), Urgency::Request) => in_savepoint(txn, work),
+                (Some(txn), Urgency::Background) => work(txn),
+                (None, _) => Err(AccountError::Store("no transaction".into())),
             };
             Box::new(move |committed: Result<(), AccountError>| {
                 // The caller may have gone away (request cancelled); that is fine.
@@ -340,7 +365,7 @@ impl AccountStore {
         });
         self.inner
             .sender
-            .send(Message::Job(job))
+            .send(Message::Job(job, urgency))
             .map_err(|_| AccountError::Closed)?;
         answer.await.map_err(|_| AccountError::Closed)?
     }
@@ -363,17 +388,24 @@ fn run(mut conn: Connection, receiver: Receiver<Message>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let stop_ack = loop {
         let mut stop = None;
-        match receiver.recv() {
-            Ok(Message::Job(job)) => batch.push(job),
-            Ok(Message::Shutdown(ack)) => stop = Some(Some(ack)),
+        let mut urgent = match receiver.recv() {
+            Ok(message) => admit(message, &mut batch, &mut stop),
             // Every handle is gone (cannot happen while `Inner` lives, but be safe).
-            Err(_) => stop = Some(None),
-        }
+            Err(_) => {
+                stop = Some(None);
+                false
+            }
+        };
+        let linger_until = Instant::now() + BACKGROUND_LINGER;
         while stop.is_none() && batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(Message::Job(job)) => batch.push(job),
-                Ok(Message::Shutdown(ack)) => stop = Some(Some(ack)),
-                Err(_) => break,
+            let next = if urgent {
+                receiver.try_recv().ok()
+            } else {
+                receiver.recv_deadline(linger_until).ok()
+            };
+            match next {
+                Some(message) => urgent |= admit(message, &mut batch, &mut stop),
+                None => break,
             }
         }
         if !batch.is_empty() {
@@ -394,6 +426,25 @@ fn run(mut conn: Connection, receiver: Receiver<Message>) {
     }
     if let Some(ack) = stop_ack {
         let _ = ack.send(());
+    }
+}
+
+/// Adds a received message to the batch, or notes the stop request. Returns
+/// whether a caller waits on it.
+fn admit(
+    message: Message,
+    batch: &mut Vec<Job>,
+    stop: &mut Option<Option<oneshot::Sender<()>>>,
+) -> bool {
+    match message {
+        Message::Job(job, urgency) => {
+            batch.push(job);
+            urgency == Urgency::Request
+        }
+        Message::Shutdown(ack) => {
+            *stop = Some(Some(ack));
+            true
+        }
     }
 }
 
@@ -589,6 +640,50 @@ mod tests {
 
     fn open(dir: &Path) -> (AccountStore, Vec<KnownUser>) {
         AccountStore::open(dir).expect("open store")
+    }
+
+    /// A storm of background records (more than one batch) mixed with
+    /// requests: every job is answered, the requests' accounts and every
+    /// recorded user are there after reopening, and a username claimed twice
+    /// in the storm goes to exactly one user.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_storm_of_background_records_and_requests_all_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        let users: Vec<UserId> = (0..MAX_BATCH * 2 + 7)
+            .map(|_| UserId(Uuid::new_v4()))
+            .collect();
+        let mut records = Vec::new();
+        for (i, user) in users.iter().enumerate() {
+            let name = if i < 2 {
+                "twice".to_owned()
+            } else {
+                format!("storm{i}")
+            };
+            let store = store.clone();
+            let user = *user;
+            records.push(tokio::spawn(async move {
+                store.record_external(user, name).await
+            }));
+        }
+        let request = store
+            .authenticate(IdKind::Device, "device-in-storm".into(), None, true)
+            .await
+            .expect("a request is answered during the storm");
+        let mut twice = 0;
+        for record in records {
+            if record.await.expect("join").expect("recorded") == Some("twice".to_owned()) {
+                twice += 1;
+            }
+        }
+        assert_eq!(twice, 1, "a username goes to one user");
+        store.shutdown().await;
+        let (reopened, known) = open(dir.path());
+        assert_eq!(known.len(), users.len() + 1);
+        for user in &users {
+            assert!(reopened.get(*user).await.expect("get").is_some(), "{user}");
+        }
+        assert!(reopened.get(request.user_id).await.expect("get").is_some());
     }
 
     #[tokio::test]

@@ -68,6 +68,8 @@ for group in $groups; do
           "$target/release/examples/send_floor" "$sockets" "$rounds" 200 |
             python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["label"]="send_floor"; print(json.dumps(d))' >>"$OUT"
         done
+        # The kernel's cost of accepting one connection (and of opening it).
+        "$target/release/examples/connect_floor" >>"$OUT"
       done ;;
     fanout)
       for i in $(seq "$REPEAT"); do
@@ -115,6 +117,10 @@ for sockets in sorted({r["sockets"] for r in f}):
     for call in ["send", "writev"]:
         line(f"send floor: CPU per {call}, {sockets:,} sockets (median)",
              med([r.get(f"cpu_us_per_{call}") for r in f if r["sockets"] == sockets]), "µs")
+f = pick("connect_floor")
+line("connect floor: server kernel CPU per connection (median)", med([r["server_cpu_us_per_conn"] for r in f]), "µs")
+line("connect floor: client kernel CPU per connection (median)", med([r["client_cpu_us_per_conn"] for r in f]), "µs")
+line("connect floor: rate 2 cores allow at those costs (median)", med([r["two_core_bound_per_sec"] for r in f]), "/s")
 f = pick("fanout")
 line("fanout 19,800: last delivery (median of runs' medians)", med([r.get("median_last_delivery_ms") for r in f]), "ms")
 line("fanout 19,800: server CPU per delivery", med([r.get("server_rounds", {}).get("cpu_us_per_delivery") for r in f]), "µs")

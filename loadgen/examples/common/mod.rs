@@ -20,4 +20,3 @@ pub fn arg(index: usize, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
-

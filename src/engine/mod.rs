@@ -12,7 +12,8 @@
 //! * the **connection tasks** of every websocket session whose user hashes
 //!   to it (its "home" sessions), each reading frames and draining that
 //!   session's outbox into the socket;
-//! * a once-a-second **keepalive** sweep (websocket pings, pong deadlines).
+//! * a **keepalive** sweep (websocket pings, pong deadlines) that visits
+//!   every session once a second, a tenth of them every 100 ms.
 //!
 //! A handshake accepted on the wrong shard is handed to the home shard (the
 //! socket moves through the inbox) before the session is registered.

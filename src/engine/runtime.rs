@@ -210,25 +210,30 @@ async fn drain_inbox(ctx: Rc<ShardContext>) {
 /// not hold back deliveries for the whole sweep.
 const KEEPALIVE_CHUNK: usize = 4096;
 
-/// Once a second: websocket pings and pong deadlines, swept in chunks, with
-/// at most [`Shard::ping_budget`] pings per sweep.
+/// A keepalive sweep visits every session once a second, a tenth of the
+/// slots every 100 ms: pings due in the same second go out in ten small
+/// batches instead of one.
+const KEEPALIVE_TICK: Duration = Duration::from_millis(100);
+const KEEPALIVE_TICKS_PER_SWEEP: usize = 10;
+
+/// Websocket pings and pong deadlines (see [`Shard::keepalive`]), swept in
+/// slices of the slots every [`KEEPALIVE_TICK`], in chunks.
 async fn keepalive(ctx: Rc<ShardContext>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(KEEPALIVE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for slice in (0..KEEPALIVE_TICKS_PER_SWEEP).cycle() {
         tick.tick().await;
         let now = ctx.engine.now();
-        let mut budget = ctx.shard.borrow().ping_budget();
-        let mut from = Some(0);
-        while let Some(start) = from {
-            from = None;
+        let slots = ctx.shard.borrow().slot_count();
+        let share = |k: usize| slots * k / KEEPALIVE_TICKS_PER_SWEEP;
+        let (mut from, end) = (share(slice), share(slice + 1));
+        while from < end {
+            let to = end.min(from + KEEPALIVE_CHUNK);
             isolate("keepalive", || {
-                from = ctx
-                    .shard
-                    .borrow_mut()
-                    .keepalive(now, start, KEEPALIVE_CHUNK, &mut budget);
+                ctx.shard.borrow_mut().keepalive(now, from..to);
             });
-            if from.is_some() {
+            from = to;
+            if from < end {
                 tokio::task::yield_now().await;
             }
         }

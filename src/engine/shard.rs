@@ -19,6 +19,7 @@
 //!   shard that holds followers, in parallel.
 
 use std::collections::hash_map::Entry;
+use std::ops::Range;
 use std::sync::Arc;
 
 use ahash::AHashMap;
@@ -38,10 +39,6 @@ use crate::protocol::{Frame, Notification, Presence, Reply, ReplyBody, StatusPre
 
 /// Followers handled per batch in the fan-out loop (see [`Shard::deliver`]).
 const FANOUT_BATCH: usize = 32;
-
-/// The smallest keepalive budget (see [`Shard::ping_budget`]): a small
-/// shard pings everyone due at once.
-const MIN_PINGS_PER_SWEEP: usize = 256;
 
 /// Names a session on its home shard. The generation makes a key of a closed
 /// session useless once its slot is reused, so late messages for it are
@@ -87,8 +84,8 @@ pub(super) struct SessionEntry {
     pub follows: HandleSet,
     /// A follow request waiting for other shards.
     pub pending: Option<Box<PendingFollow>>,
-    /// Engine time of the last websocket ping queued to this session.
-    pub last_ping: u32,
+    /// Engine time at which this session's next websocket ping is due.
+    pub next_ping: u32,
     /// Requests counted against the opt-in rate limits in the current second.
     pub rate: RateWindow,
 }
@@ -211,6 +208,11 @@ impl Shard {
         self.entries.len() - self.free.len()
     }
 
+    /// Session slots, open or free: the range a keepalive sweep covers.
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
     // ---- sessions -------------------------------------------------------
 
     /// Registers a session of a user owned by this shard. The session follows
@@ -241,7 +243,10 @@ impl Shard {
             status: None,
             follows: HandleSet::default(),
             pending: None,
-            last_ping: self.engine.now(),
+            next_ping: self.engine.now().saturating_add(first_ping_delay(
+                spec.id,
+                self.engine.config().ping_period_sec,
+            )),
             rate: RateWindow::default(),
         });
         ShardStats::gauge(&self.stats.sessions, 1);
@@ -746,54 +751,39 @@ impl Shard {
         }
     }
 
-    /// How many sessions one keepalive sweep may ping before deferring the
-    /// rest: enough to ping every session within a quarter of the ping
-    /// period. Sessions that connected together (a mass reconnect after a
-    /// deploy) would otherwise be pinged together, every period, forever:
-    /// one burst of writes that holds back deliveries. Deferred sessions
-    /// keep their order, so the wave spreads once and stays spread.
-    pub fn ping_budget(&self) -> usize {
-        let period = self.engine.config().ping_period_sec.max(1);
-        let per_quarter_period = self.session_count().saturating_mul(4) / period as usize;
-        per_quarter_period.max(MIN_PINGS_PER_SWEEP)
-    }
-
-    /// Keepalive, run once a second in chunks of sessions: for the sessions
-    /// in slots `from..` (at most `count` of them), closes those silent for
-    /// longer than the pong wait and queues a websocket ping to each one due
-    /// for one, while `budget` lasts. A due session past the budget waits
-    /// for the next sweep, unless its ping is already half-way from the
-    /// period to the pong wait late: that one is pinged anyway, so deferring
-    /// never costs a live client its connection. Returns the slot to start
-    /// the next chunk at, or `None` once every slot was visited.
-    pub fn keepalive(
-        &mut self,
-        now: u32,
-        from: usize,
-        count: usize,
-        budget: &mut usize,
-    ) -> Option<usize> {
+    /// Keepalive for the sessions in `slots` (the caller sweeps every slot
+    /// once a second, a slice at a time): closes those silent for the pong
+    /// wait, and queues a websocket ping to each one whose ping is due.
+    /// Slots past the end are ignored.
+    pub fn keepalive(&mut self, now: u32, slots: Range<usize>) {
         let config = self.engine.config();
-        let (period, wait) = (config.ping_period_sec, config.pong_wait_sec);
-        let overdue = period.saturating_add(wait.saturating_sub(period) / 2);
-        let end = from.saturating_add(count).min(self.slots.len());
-        let slots = self.slots.get(from..end).unwrap_or_default();
-        let entries = self.entries.get_mut(from..end).unwrap_or_default();
-        for (slot, entry) in slots.iter().zip(entries) {
+        let (period, wait) = (config.ping_period_sec.max(1), config.pong_wait_sec);
+        let end = slots.end.min(self.slots.len());
+        let start = slots.start.min(end);
+        let entries = self.entries.get_mut(start..end).unwrap_or_default();
+        for (slot, entry) in self.slots[start..end].iter().zip(entries) {
             let (Some(outbox), Some(entry)) = (&slot.outbox, entry) else {
                 continue;
             };
-            let since_ping = now.saturating_sub(entry.last_ping);
             if now.saturating_sub(outbox.last_heard()) >= wait {
                 outbox.close(CloseCause::Timeout);
-            } else if since_ping >= overdue || (since_ping >= period && *budget > 0) {
-                *budget = budget.saturating_sub(1);
-                entry.last_ping = now;
+            } else if now >= entry.next_ping {
+                entry.next_ping = now.saturating_add(period);
                 let _ = outbox.push(self.ping.clone());
             }
         }
-        (end < self.slots.len()).then_some(end)
     }
+}
+
+/// Seconds from a session's start to its first websocket ping: 1 to
+/// `period`, spread by the session id's random bits. Sessions that connect
+/// together (a mass reconnect after a deploy) are then pinged a
+/// `1/period` share per second from the start, instead of all at once,
+/// every period, forever: one burst of writes per shard that would hold
+/// back every delivery queued behind it.
+fn first_ping_delay(session: SessionId, period: u32) -> u32 {
+    let spread = session.0.as_u64_pair().1 % u64::from(period.max(1));
+    1 + u32::try_from(spread).unwrap_or(0)
 }
 
 /// Starts loading the writer tasks of a batch of outboxes (see [`Shard::push_to`]).

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::outbox::CloseCause;
 use super::shard::{SessionKey, SessionSpec, Shard};
 use super::{EngineConfig, EngineHandle, Outbox, Outcome};
 use crate::ids::{SessionId, UserId};
@@ -290,33 +291,66 @@ fn unknown_users_are_not_followed_unless_configured() {
 }
 
 #[test]
-fn keepalive_spreads_a_wave_of_due_pings_but_never_defers_one_past_the_overdue_point() {
-    // Defaults: ping every 15 s, pong wait 25 s, so a ping is overdue at 20 s.
+fn keepalive_spreads_the_pings_of_sessions_that_connected_together_over_the_period() {
+    // Defaults: ping every 15 s, pong wait 25 s. 600 sessions connect at
+    // once (engine time 0); a sweep of every slot runs each second after.
     let mut cluster = Cluster::new(1);
     let users: Vec<UserId> = (0..600).map(|i| cluster.user_on(0, i)).collect();
     let sessions: Vec<Session> = users.iter().map(|u| cluster.connect(*u, false)).collect();
-    let sweep = |cluster: &mut Cluster, now: u32, budget: Option<usize>| {
+    let mut pinged_at: Vec<Vec<u32>> = vec![Vec::new(); sessions.len()];
+    let mut per_second = Vec::new();
+    for now in 1..=45 {
         for session in &sessions {
-            session.outbox.heard(now.saturating_sub(1));
+            session.outbox.heard(now);
         }
-        let shard = &mut cluster.shards[0];
-        let mut budget = budget.unwrap_or_else(|| shard.ping_budget());
-        shard.keepalive(now, 0, usize::MAX, &mut budget);
-        sessions
-            .iter()
-            .map(Session::pings_queued)
-            .collect::<Vec<_>>()
-    };
-    // 600 sessions due together: 256 (the smallest budget) per sweep.
-    let waves: Vec<Vec<usize>> = (15..=17)
-        .map(|now| sweep(&mut cluster, now, None))
-        .collect();
-    let pinged: Vec<usize> = waves.iter().map(|w| w.iter().sum()).collect();
-    assert_eq!(pinged, [256, 256, 88]);
-    for i in 0..sessions.len() {
-        assert_eq!(waves.iter().map(|w| w[i]).sum::<usize>(), 1, "session {i}");
+        cluster.shards[0].keepalive(now, 0..usize::MAX);
+        let mut pinged = 0;
+        for (session, times) in sessions.iter().zip(&mut pinged_at) {
+            match session.pings_queued() {
+                0 => {}
+                1 => {
+                    times.push(now);
+                    pinged += 1;
+                }
+                n => panic!("{n} pings queued in one sweep"),
+            }
+        }
+        per_second.push(pinged);
     }
-    // With no budget left, only the pings 20 s old (the first wave) go out.
-    let overdue = sweep(&mut cluster, 35, Some(0));
-    assert_eq!(overdue, waves[0]);
+    // Every session's first ping comes within one period, then one each period.
+    for (i, times) in pinged_at.iter().enumerate() {
+        let first = times.first().copied().unwrap_or_default();
+        assert!((1..=15).contains(&first), "session {i}: {times:?}");
+        assert_eq!(times, &[first, first + 15, first + 30], "session {i}");
+    }
+    // A 15th of them per second on average (40), never a burst: the bound
+    // is more than six standard deviations above the mean.
+    assert_eq!(per_second.iter().sum::<usize>(), 3 * 600);
+    assert!(
+        per_second.iter().all(|n| *n <= 80),
+        "pings per second: {per_second:?}"
+    );
+}
+
+#[test]
+fn keepalive_closes_a_session_silent_for_the_pong_wait_and_ignores_slots_past_the_end() {
+    let mut cluster = Cluster::new(1);
+    let (quiet, chatty) = (cluster.user_on(0, 0), cluster.user_on(0, 1));
+    let (quiet, chatty) = (
+        cluster.connect(quiet, false),
+        cluster.connect(chatty, false),
+    );
+    let shard = &mut cluster.shards[0];
+    chatty.outbox.heard(24);
+    shard.keepalive(25, 0..usize::MAX);
+    assert!(
+        matches!(quiet.outbox.close_cause(), Some(CloseCause::Timeout)),
+        "silent for 25 s"
+    );
+    assert!(chatty.outbox.close_cause().is_none());
+    shard.keepalive(50, 1_000..2_000);
+    assert!(
+        chatty.outbox.close_cause().is_none(),
+        "slots outside the sweep are left alone"
+    );
 }

@@ -76,7 +76,7 @@ for group in $groups; do
         run fanout fanout --followers 19800 --rounds 10 --seed "$i"
       done ;;
     mesh)
-      for rate in 2000 4000 5000; do
+      for rate in 1000 2000 4000 5000; do
         run "mesh-$rate" mesh --users 10000 --follows 50 --rate "$rate" --duration 20 --seed "$rate"
       done ;;
     lobby)
@@ -125,14 +125,16 @@ f = pick("fanout")
 line("fanout 19,800: last delivery (median of runs' medians)", med([r.get("median_last_delivery_ms") for r in f]), "ms")
 line("fanout 19,800: server CPU per delivery", med([r.get("server_rounds", {}).get("cpu_us_per_delivery") for r in f]), "µs")
 line("fanout 19,800: loadgen CPU per event", med([r.get("loadgen_rounds", {}).get("cpu_us_per_event") for r in f]), "µs")
+line("fanout 19,800: machine steal during the rounds (median)", med([r.get("server_rounds", {}).get("machine_steal_pct") for r in f]), "%")
 print(f"{'fanout 19,800: missing/duplicate/out of order':58s} {sum(r.get('missing',0)+r.get('duplicate',0)+r.get('out_of_order',0) for r in f):>12}")
-for label in ["mesh-2000", "mesh-4000", "mesh-5000", "lobby-1000", "lobby-2000"]:
+for label in ["mesh-1000", "mesh-2000", "mesh-4000", "mesh-5000", "lobby-1000", "lobby-2000"]:
     for r in pick(label):
         l = r.get("latency", {})
         print(f"{label:14s} asked {r['asked_deliveries_per_sec']:>9.0f}/s delivered {r['delivered_per_sec_in_window']:>9.0f}/s "
               f"missing {r['missing']} dup {r['duplicate']} ooo {r['out_of_order']} closes {r['server_closes']} "
               f"p50 {l.get('p50_us',0)/1e3:.2f} ms p99 {l.get('p99_us',0)/1e3:.2f} ms max {l.get('max_us',0)/1e3:.1f} ms "
-              f"server {r['server_run'].get('cpu_us_per_delivery',0):.2f} µs/delivery loadgen {r['loadgen_run'].get('cpu_us_per_event',0):.2f} µs/event")
+              f"server {r['server_run'].get('cpu_us_per_delivery',0):.2f} µs/delivery loadgen {r['loadgen_run'].get('cpu_us_per_event',0):.2f} µs/event "
+              f"steal {r['server_run'].get('machine_steal_pct',0):.1f} %")
 for r in pick("memory-idle"):
     line("memory: RSS per idle connection (19,800)", r["server_connect"]["rss_bytes_per_conn"] / 1024, "KiB")
 for r in pick("memory-follows"):

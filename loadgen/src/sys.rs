@@ -45,6 +45,21 @@ pub fn process_utime_stime_us(pid: u32) -> Option<u64> {
     Some((utime + stime) * 10_000)
 }
 
+/// Steal time of the whole machine in µs: CPU time the hypervisor gave to
+/// someone else while this VM wanted it (`/proc/stat`, clock ticks of 10 ms).
+pub fn machine_steal_us() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal ...
+    let steal: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    Some(steal * 10_000)
+}
+
+/// CPUs this process may run on (at least 1).
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// Resident set size of `pid` in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     status_field(pid, "VmRSS:")

@@ -176,6 +176,10 @@ pub struct ServerSnap {
     pub rss_kib: u64,
     pub cpu_us: u64,
     pub cpu_ns: u64,
+    /// When the snap was taken (wall ns).
+    pub at_ns: u64,
+    /// CPU time the hypervisor took from this machine so far, all CPUs.
+    pub steal_us: u64,
 }
 
 impl Probe {
@@ -217,6 +221,8 @@ impl Probe {
             rss_kib: sys::rss_kib(pid)?,
             cpu_us: sys::process_utime_stime_us(pid)?,
             cpu_ns: sys::process_cpu_ns(pid)?,
+            at_ns: sys::now_ns(),
+            steal_us: sys::machine_steal_us().unwrap_or(0),
         })
     }
 }
@@ -239,6 +245,15 @@ pub fn server_delta(
             m.insert("rss_growth_kib".into(), json!(rss));
             m.insert("cpu_utime_stime_ms".into(), json!(cpu_us as f64 / 1e3));
             m.insert("cpu_schedstat_ms".into(), json!(cpu_ns as f64 / 1e6));
+            // Host contention: a share of the machine's CPU time that no
+            // process here got. Runs with several percent are noisy.
+            let cpu_available_us =
+                b.at_ns.saturating_sub(a.at_ns) as f64 / 1e3 * sys::cpus() as f64;
+            let steal_us = b.steal_us.saturating_sub(a.steal_us) as f64;
+            m.insert(
+                "machine_steal_pct".into(),
+                json!(100.0 * steal_us / cpu_available_us.max(1.0)),
+            );
             if per > 0 {
                 m.insert(
                     format!("rss_bytes_per_{per_name}"),

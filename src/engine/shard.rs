@@ -775,15 +775,17 @@ impl Shard {
     }
 }
 
-/// Seconds from a session's start to its first websocket ping: 1 to
-/// `period`, spread by the session id's random bits. Sessions that connect
-/// together (a mass reconnect after a deploy) are then pinged a
-/// `1/period` share per second from the start, instead of all at once,
-/// every period, forever: one burst of writes per shard that would hold
-/// back every delivery queued behind it.
+/// Seconds from a session's start to its first websocket ping: in the
+/// second half of the period (8 to 15 s by default), spread by the session
+/// id's random bits. Sessions that connect together (a mass reconnect after
+/// a deploy) are then pinged a few at a time from the start, instead of all
+/// at once, every period, forever: one burst of writes per shard that would
+/// hold back every delivery queued behind it. A session that just connected
+/// has just shown it is alive, hence not the first half.
 fn first_ping_delay(session: SessionId, period: u32) -> u32 {
-    let spread = session.0.as_u64_pair().1 % u64::from(period.max(1));
-    1 + u32::try_from(spread).unwrap_or(0)
+    let half = u64::from(period.max(1).div_ceil(2));
+    let spread = session.0.as_u64_pair().1 % half;
+    period.max(1) - u32::try_from(spread).unwrap_or(0)
 }
 
 /// Starts loading the writer tasks of a batch of outboxes (see [`Shard::push_to`]).

@@ -4,7 +4,9 @@
 //! address; the kernel spreads new connections across them, so accepting
 //! scales with shards and no thread hands sockets to another just to accept.
 //! The sockets are bound on the main thread before the shards start, so a
-//! busy port fails start-up with a clear error.
+//! busy port fails start-up with a clear error, even when what holds it is
+//! another herald (whose `SO_REUSEPORT` listeners would otherwise accept
+//! ours into their group: see [`claim_port`]).
 //!
 //! The kernel hands over a connection only once its first bytes arrived
 //! (`TCP_DEFER_ACCEPT`), already with `TCP_NODELAY` (inherited from the
@@ -27,10 +29,10 @@ use crate::engine::ShardContext;
 const BACKLOG: i32 = 4096;
 
 /// Binds `count` listeners to `addr` with `SO_REUSEPORT`. With port 0, the
-/// first picks a free port and the others join it.
+/// kernel picks a free port and all of them bind it.
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let bound = claim_port(addr)?;
     let mut listeners = Vec::with_capacity(count);
-    let mut bound = addr;
     for _ in 0..count.max(1) {
         let socket = Socket::new(
             Domain::for_address(bound),
@@ -45,11 +47,38 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
         defer_accept_until_data(&socket)?;
         socket.bind(&bound.into())?;
         socket.listen(BACKLOG)?;
-        let listener: std::net::TcpListener = socket.into();
-        bound = listener.local_addr()?;
-        listeners.push(listener);
+        listeners.push(socket.into());
     }
     Ok(listeners)
+}
+
+/// Checks that no other process listens on `addr`, by binding a socket
+/// without `SO_REUSEPORT` there and closing it again; returns the address
+/// with the port the kernel picked if `addr` asked for port 0.
+///
+/// Without this check a second herald on the same port (same user, both
+/// with `SO_REUSEPORT`) would start without error, and the kernel would
+/// split new connections between the two processes: each would see only
+/// its half of the players, and follows across the halves would never
+/// deliver. `SO_REUSEADDR` keeps connections of an earlier run still in
+/// `TIME_WAIT` from failing the check; only a listener does.
+fn claim_port(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|error| {
+        if error.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(
+                error.kind(),
+                format!("{addr} is in use by another process (another herald?)"),
+            )
+        } else {
+            error
+        }
+    })?;
+    probe
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the probe socket has no IP address"))
 }
 
 /// How long the kernel keeps a connected but silent client from `accept`.
@@ -172,6 +201,19 @@ mod tests {
             accepted.nodelay().expect("nodelay"),
             "TCP_NODELAY inherited"
         );
+    }
+
+    #[test]
+    fn a_port_held_by_another_servers_listeners_is_refused() {
+        let first = bind("127.0.0.1:0".parse().expect("addr"), 2).expect("bind");
+        let addr = first[0].local_addr().expect("addr");
+        assert!(first.iter().all(|l| l.local_addr().ok() == Some(addr)));
+        let error = bind(addr, 2).expect_err("a second group on the same port");
+        assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
+        assert!(error.to_string().contains("in use by another process"));
+        drop(first);
+        let again = bind(addr, 2).expect("the port is free once the first group closed");
+        assert_eq!(again[1].local_addr().expect("addr"), addr);
     }
 
     #[test]

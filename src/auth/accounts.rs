@@ -44,6 +44,13 @@
 //! last clone blocks the dropping thread until the store thread has exited,
 //! so a store reopened afterwards sees everything.
 //!
+//! One process per data directory: [`AccountStore::open`] takes an exclusive
+//! `flock` on `<data_dir>/herald.lock` and the store thread releases it after
+//! closing the database (before acknowledging a shutdown). A second herald
+//! pointed at the same directory fails to start with
+//! [`StoreError::InUse`], instead of serving half the players beside the
+//! first with one account database between them.
+//!
 //! Safety with hostile input: every statement is parameterized; ids and
 //! usernames are plain data whatever characters they contain. Length and
 //! character rules are the REST layer's job (`transport::rest`).
@@ -62,6 +69,8 @@ use crate::ids::UserId;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE_NAME: &str = "herald.sqlite3";
+/// The file whose `flock` marks the data directory as in use.
+pub const LOCK_FILE_NAME: &str = "herald.lock";
 
 /// Most jobs run in one transaction. Bounds the latency a job can add to the
 /// others in its batch.
@@ -125,6 +134,13 @@ pub struct KnownUser {
 pub enum StoreError {
     #[error("cannot create data directory {path}: {source}")]
     CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data directory {path} is in use by another herald process (it holds a lock on {LOCK_FILE_NAME})")]
+    InUse { path: PathBuf },
+    #[error("cannot lock data directory {path}: {source}")]
+    Lock {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -231,6 +247,7 @@ impl AccountStore {
             path: data_dir.to_path_buf(),
             source,
         })?;
+        let lock = lock_data_dir(data_dir)?;
         let path = data_dir.join(DB_FILE_NAME);
         let sqlite = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -280,7 +297,7 @@ impl AccountStore {
         let (sender, receiver) = channel::unbounded();
         let thread = std::thread::Builder::new()
             .name("herald-accounts".into())
-            .spawn(move || run(conn, receiver))
+            .spawn(move || run(conn, receiver, lock))
             .map_err(StoreError::Thread)?;
         let store = AccountStore {
             inner: Arc::new(Inner {
@@ -384,7 +401,7 @@ fn in_savepoint<T>(
 }
 
 /// The store thread's loop (see the module doc).
-fn run(mut conn: Connection, receiver: Receiver<Message>) {
+fn run(mut conn: Connection, receiver: Receiver<Message>, lock: Option<std::fs::File>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let stop_ack = loop {
         let mut stop = None;
@@ -424,9 +441,46 @@ fn run(mut conn: Connection, receiver: Receiver<Message>) {
     if let Err((_, error)) = conn.close() {
         tracing::error!(%error, "account store close failed");
     }
+    // Closing the file releases the lock: a store reopened once the
+    // shutdown is acknowledged finds the directory free.
+    drop(lock);
     if let Some(ack) = stop_ack {
         let _ = ack.send(());
     }
+}
+
+/// Takes the exclusive lock on `<data_dir>/herald.lock` (see the module
+/// doc) and returns the open file that holds it. A filesystem that does not
+/// support `flock` gets a warning and no lock.
+fn lock_data_dir(data_dir: &Path) -> Result<Option<std::fs::File>, StoreError> {
+    let path = data_dir.join(LOCK_FILE_NAME);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Lock {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `file` owns an open descriptor for the whole call; `flock`
+        // reads nothing but the descriptor and the flags.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(StoreError::InUse {
+                    path: data_dir.to_path_buf(),
+                });
+            }
+            tracing::warn!(path = %path.display(), %error, "cannot lock the data directory; make sure no other herald uses it");
+            return Ok(None);
+        }
+    }
+    Ok(Some(file))
 }
 
 /// Adds a received message to the batch, or notes the stop request. Returns
@@ -832,6 +886,28 @@ mod tests {
         assert_eq!(ids.len(), 1);
         let names: HashSet<_> = accounts.iter().map(|a| a.username.clone()).collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_store_on_the_same_directory_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        match AccountStore::open(dir.path()) {
+            Err(StoreError::InUse { path }) => assert_eq!(path, dir.path()),
+            other => panic!("expected InUse, got {:?}", other.map(|_| ())),
+        }
+        // The lock is the only thing the refused open left behind: the
+        // first store still works.
+        let account = store
+            .authenticate(IdKind::Custom, "lockcheck".into(), None, true)
+            .await
+            .expect("authenticate");
+        store.shutdown().await;
+        // Released with the shutdown's acknowledgement, before the last handle goes.
+        let (again, known) = open(dir.path());
+        assert!(known.iter().any(|k| k.user_id == account.user_id));
+        drop(again);
+        drop(store);
     }
 
     #[tokio::test]

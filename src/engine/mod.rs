@@ -120,6 +120,7 @@ pub struct EngineConfig {
     pub outgoing_queue_bytes: usize,
     pub max_follows: usize,
     pub follow_unknown_ids: bool,
+    /// Read it through [`EngineConfig::ping_period`], which is never 0.
     pub ping_period_sec: u32,
     pub pong_wait_sec: u32,
     /// Pin shard threads to cores.
@@ -154,6 +155,11 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// Seconds between websocket pings to a session, at least 1.
+    pub fn ping_period(&self) -> u32 {
+        self.ping_period_sec.max(1)
+    }
+
     pub fn from_config(config: &Config) -> EngineConfig {
         EngineConfig {
             shards: config.shard_count(),

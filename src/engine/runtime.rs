@@ -210,11 +210,13 @@ async fn drain_inbox(ctx: Rc<ShardContext>) {
 /// not hold back deliveries for the whole sweep.
 const KEEPALIVE_CHUNK: usize = 4096;
 
-/// A keepalive sweep visits every session once a second, a tenth of the
-/// slots every 100 ms: pings due in the same second go out in ten small
-/// batches instead of one.
+/// A keepalive sweep visits every session once a second, a slice of the
+/// slots every [`KEEPALIVE_TICK`]: pings due in the same second go out in
+/// ten small batches instead of one.
+const KEEPALIVE_SWEEP: Duration = Duration::from_secs(1);
 const KEEPALIVE_TICK: Duration = Duration::from_millis(100);
-const KEEPALIVE_TICKS_PER_SWEEP: usize = 10;
+const KEEPALIVE_TICKS_PER_SWEEP: usize =
+    (KEEPALIVE_SWEEP.as_millis() / KEEPALIVE_TICK.as_millis()) as usize;
 
 /// Websocket pings and pong deadlines (see [`Shard::keepalive`]), swept in
 /// slices of the slots every [`KEEPALIVE_TICK`], in chunks.

@@ -245,7 +245,7 @@ impl Shard {
             pending: None,
             next_ping: self.engine.now().saturating_add(first_ping_delay(
                 spec.id,
-                self.engine.config().ping_period_sec,
+                self.engine.config().ping_period(),
             )),
             rate: RateWindow::default(),
         });
@@ -757,7 +757,7 @@ impl Shard {
     /// Slots past the end are ignored.
     pub fn keepalive(&mut self, now: u32, slots: Range<usize>) {
         let config = self.engine.config();
-        let (period, wait) = (config.ping_period_sec.max(1), config.pong_wait_sec);
+        let (period, wait) = (config.ping_period(), config.pong_wait_sec);
         let end = slots.end.min(self.slots.len());
         let start = slots.start.min(end);
         let entries = self.entries.get_mut(start..end).unwrap_or_default();
@@ -781,11 +781,12 @@ impl Shard {
 /// a deploy) are then pinged a few at a time from the start, instead of all
 /// at once, every period, forever: one burst of writes per shard that would
 /// hold back every delivery queued behind it. A session that just connected
-/// has just shown it is alive, hence not the first half.
+/// has just shown it is alive, hence not the first half. `period` is at
+/// least 1 ([`super::EngineConfig::ping_period`]).
 fn first_ping_delay(session: SessionId, period: u32) -> u32 {
-    let half = u64::from(period.max(1).div_ceil(2));
+    let half = u64::from(period.div_ceil(2)).max(1);
     let spread = session.0.as_u64_pair().1 % half;
-    period.max(1) - u32::try_from(spread).unwrap_or(0)
+    period.saturating_sub(u32::try_from(spread).unwrap_or(0))
 }
 
 /// Starts loading the writer tasks of a batch of outboxes (see [`Shard::push_to`]).

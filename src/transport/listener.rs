@@ -6,7 +6,7 @@
 //! The sockets are bound on the main thread before the shards start, so a
 //! busy port fails start-up with a clear error, even when what holds it is
 //! another herald (whose `SO_REUSEPORT` listeners would otherwise accept
-//! ours into their group: see [`claim_port`]).
+//! ours into their group: see [`refuse_a_taken_port`]).
 //!
 //! The kernel hands over a connection only once its first bytes arrived
 //! (`TCP_DEFER_ACCEPT`), already with `TCP_NODELAY` (inherited from the
@@ -29,10 +29,14 @@ use crate::engine::ShardContext;
 const BACKLOG: i32 = 4096;
 
 /// Binds `count` listeners to `addr` with `SO_REUSEPORT`. With port 0, the
-/// kernel picks a free port and all of them bind it.
+/// first picks a free port (the kernel never picks one another
+/// `SO_REUSEPORT` group holds) and the others join it.
 pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let bound = claim_port(addr)?;
+    if addr.port() != 0 {
+        refuse_a_taken_port(addr)?;
+    }
     let mut listeners = Vec::with_capacity(count);
+    let mut bound = addr;
     for _ in 0..count.max(1) {
         let socket = Socket::new(
             Domain::for_address(bound),
@@ -47,14 +51,15 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
         defer_accept_until_data(&socket)?;
         socket.bind(&bound.into())?;
         socket.listen(BACKLOG)?;
-        listeners.push(socket.into());
+        let listener: std::net::TcpListener = socket.into();
+        bound = listener.local_addr()?;
+        listeners.push(listener);
     }
     Ok(listeners)
 }
 
 /// Checks that no other process listens on `addr`, by binding a socket
-/// without `SO_REUSEPORT` there and closing it again; returns the address
-/// with the port the kernel picked if `addr` asked for port 0.
+/// without `SO_REUSEPORT` there and closing it again.
 ///
 /// Without this check a second herald on the same port (same user, both
 /// with `SO_REUSEPORT`) would start without error, and the kernel would
@@ -62,7 +67,7 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListe
 /// its half of the players, and follows across the halves would never
 /// deliver. `SO_REUSEADDR` keeps connections of an earlier run still in
 /// `TIME_WAIT` from failing the check; only a listener does.
-fn claim_port(addr: SocketAddr) -> io::Result<SocketAddr> {
+fn refuse_a_taken_port(addr: SocketAddr) -> io::Result<()> {
     let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     probe.set_reuse_address(true)?;
     probe.bind(&addr.into()).map_err(|error| {
@@ -75,10 +80,7 @@ fn claim_port(addr: SocketAddr) -> io::Result<SocketAddr> {
             error
         }
     })?;
-    probe
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| io::Error::other("the probe socket has no IP address"))
+    Ok(())
 }
 
 /// How long the kernel keeps a connected but silent client from `accept`.

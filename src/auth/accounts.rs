@@ -45,11 +45,11 @@
 //! so a store reopened afterwards sees everything.
 //!
 //! One process per data directory: [`AccountStore::open`] takes an exclusive
-//! `flock` on `<data_dir>/herald.lock` and the store thread releases it after
-//! closing the database (before acknowledging a shutdown). A second herald
-//! pointed at the same directory fails to start with
-//! [`StoreError::InUse`], instead of serving half the players beside the
-//! first with one account database between them.
+//! file lock (`flock` on Linux) on `<data_dir>/herald.lock`, and the store
+//! thread releases it after closing the database (before acknowledging a
+//! shutdown). A second herald pointed at the same directory fails to start
+//! with [`StoreError::InUse`], instead of serving half the players beside
+//! the first with one account database between them.
 //!
 //! Safety with hostile input: every statement is parameterized; ids and
 //! usernames are plain data whatever characters they contain. Length and
@@ -451,7 +451,7 @@ fn run(mut conn: Connection, receiver: Receiver<Message>, lock: Option<std::fs::
 
 /// Takes the exclusive lock on `<data_dir>/herald.lock` (see the module
 /// doc) and returns the open file that holds it. A filesystem that does not
-/// support `flock` gets a warning and no lock.
+/// support file locks gets a warning and no lock.
 fn lock_data_dir(data_dir: &Path) -> Result<Option<std::fs::File>, StoreError> {
     let path = data_dir.join(LOCK_FILE_NAME);
     let file = std::fs::OpenOptions::new()
@@ -463,24 +463,16 @@ fn lock_data_dir(data_dir: &Path) -> Result<Option<std::fs::File>, StoreError> {
             path: data_dir.to_path_buf(),
             source,
         })?;
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: `file` owns an open descriptor for the whole call; `flock`
-        // reads nothing but the descriptor and the flags.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::WouldBlock {
-                return Err(StoreError::InUse {
-                    path: data_dir.to_path_buf(),
-                });
-            }
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+            path: data_dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(error)) => {
             tracing::warn!(path = %path.display(), %error, "cannot lock the data directory; make sure no other herald uses it");
-            return Ok(None);
+            Ok(None)
         }
     }
-    Ok(Some(file))
 }
 
 /// Adds a received message to the batch, or notes the stop request. Returns

@@ -188,7 +188,7 @@ async fn drain_inbox(ctx: Rc<ShardContext>) {
         while let Some(msg) = inbox.try_recv() {
             isolate("an inbox message", || ctx.handle(msg));
             handled += 1;
-            if handled % 256 == 0 {
+            if handled.is_multiple_of(256) {
                 tokio::task::yield_now().await;
             }
         }

@@ -241,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                         break;
                     }
                     self.messages = self.messages.wrapping_add(1);
-                    if self.messages % MESSAGES_PER_LIVENESS == 0 {
+                    if self.messages.is_multiple_of(MESSAGES_PER_LIVENESS) {
                         self.outbox.heard(self.ctx.engine.now());
                     }
                     let request = match self.format.decode(payload) {

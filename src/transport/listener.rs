@@ -6,11 +6,11 @@
 //! The sockets are bound on the main thread before the shards start, so a
 //! busy port fails start-up with a clear error, even when what holds it is
 //! another herald (whose `SO_REUSEPORT` listeners would otherwise accept
-//! ours into their group: see [`refuse_a_taken_port`]).
+//! ours into their group: see `refuse_a_taken_port`).
 //!
 //! The kernel hands over a connection only once its first bytes arrived
 //! (`TCP_DEFER_ACCEPT`), already with `TCP_NODELAY` (inherited from the
-//! listener); see [`defer_accept_until_data`].
+//! listener); see `defer_accept_until_data`.
 
 use std::io;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //!
 //! * [`decode`]: client → server, strict like protojson `Unmarshal`
 //!   (unknown or duplicate fields, wrong types and two oneof members are
-//!   [`Malformed`]); parsed in place with simd-json.
+//!   [`Malformed`](crate::protocol::Malformed)); parsed in place with simd-json.
 //! * [`encode_reply`], [`encode_event`]: server → client, compact protojson
 //!   `Marshal` output with proto names and unpopulated fields omitted.
 //! * [`encode_request`], [`decode_server_message`]: the other direction, for

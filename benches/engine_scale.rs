@@ -102,7 +102,7 @@ fn start(shards: usize, users: usize) -> Engine {
         ..EngineConfig::default()
     };
     let on_start: ShardStart = Arc::new(|_| {});
-    match Engine::start(config, Arc::new(directory), on_start) {
+    match Engine::start(config, Arc::new(directory), None, on_start) {
         Ok(engine) => engine,
         Err(error) => panic!("cannot start the engine: {error}"),
     }

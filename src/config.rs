@@ -144,6 +144,39 @@ pub struct Config {
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Postgres URL of the account store (`postgres://USER[:PASSWORD]@HOST:PORT/DB`);
+    /// without it accounts live in SQLite under `--data-dir`.
+    #[arg(long, env = "HERALD_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Cluster mode: NATS server URLs, comma-separated (`nats://HOST:PORT`, or
+    /// `tls://` for TLS; credentials as `user:password@` or `token@`).
+    /// Requires `--database-url`.
+    #[arg(
+        long,
+        env = "HERALD_NATS_URL",
+        value_name = "URLS",
+        value_delimiter = ','
+    )]
+    pub nats_url: Vec<String>,
+
+    /// This node's name in the cluster (letters, digits, `-` and `_`). Default:
+    /// derived from the host name and the listen address, stable across restarts.
+    #[arg(long, env = "HERALD_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+
+    /// Replicas of the presence log stream (JetStream `num_replicas`) when Herald creates it.
+    #[arg(long, env = "HERALD_NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+
+    /// NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(long, env = "HERALD_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+
+    /// PEM file of CA certificates that sign the NATS servers' TLS certificates.
+    #[arg(long, env = "HERALD_NATS_CA", value_name = "FILE")]
+    pub nats_ca: Option<PathBuf>,
+
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive). `RUST_LOG` overrides it.
     #[arg(long, env = "HERALD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -233,7 +266,28 @@ impl Config {
         if self.shard_count() > 1024 {
             return Err("--shards must be at most 1024".into());
         }
+        if self.cluster_mode() && self.database_url.is_none() {
+            return Err(
+                "--nats-url needs --database-url: the nodes of a cluster must share \
+                one account store (with SQLite on each node, one custom id would get a different \
+                user id on every node)"
+                    .into(),
+            );
+        }
+        if !self.cluster_mode()
+            && (self.node_id.is_some() || self.nats_creds.is_some() || self.nats_ca.is_some())
+        {
+            return Err("--node-id, --nats-creds and --nats-ca need --nats-url".into());
+        }
+        if let Some(id) = &self.node_id {
+            crate::cluster::validate_node_id(id).map_err(|e| format!("--node-id: {e}"))?;
+        }
         Ok(())
+    }
+
+    /// True when `--nats-url` names at least one server: cluster mode.
+    pub fn cluster_mode(&self) -> bool {
+        self.nats_url.iter().any(|url| !url.trim().is_empty())
     }
 
     /// Names of the secrets still at Nakama's published defaults.

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod ids;

@@ -14,12 +14,13 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use crate::admin::{AdminListener, AdminState};
 use crate::auth::{AccountStore, Tokens};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{AdminListen, Config};
 use crate::engine::{Engine, EngineConfig, EngineHandle, ShardContext};
 use crate::transport::{listener, tls, ServerState};
@@ -27,6 +28,8 @@ use crate::transport::{listener, tls, ServerState};
 /// A running server.
 pub struct Server {
     engine: Engine,
+    /// Cluster mode: the NATS side (see [`crate::cluster`]).
+    cluster: Option<Cluster>,
     accounts: AccountStore,
     local_addr: SocketAddr,
     /// `None` with `--admin-listen off`.
@@ -66,6 +69,18 @@ impl Server {
                 )
             })
             .collect();
+
+        // Cluster mode: reach NATS before anything listens, so that an
+        // unreachable or too old server stops start-up with its reason.
+        let cluster = match ClusterConfig::from_config(&config) {
+            Some(cluster_config) => {
+                let node_id = cluster_config.node_id.clone();
+                let cluster = Cluster::connect(cluster_config)?;
+                tracing::info!(node_id, "connected to NATS");
+                Some(cluster)
+            }
+            None => None,
+        };
 
         let engine_config = EngineConfig::from_config(&config);
         let listeners = listener::bind(config.listen, engine_config.shards)
@@ -113,13 +128,25 @@ impl Server {
                 let _ = ready.send(());
             }
         });
-        let engine = Engine::start(engine_config, Arc::new(directory), on_start)?;
+        let link = cluster.as_ref().map(Cluster::link);
+        let engine = Engine::start(engine_config, Arc::new(directory), link, on_start)?;
         for _ in 0..engine.handle().router().shards() {
             ready_rx.recv().context("a shard failed to start")?;
         }
         admin_state.serve(engine.handle().clone());
+        if let Some(cluster) = &cluster {
+            // `/readyz` says 503 until this is done; sockets are refused.
+            cluster.begin(engine.handle().clone());
+            if let Err(error) = cluster.wait_ready(CLUSTER_READY_LIMIT) {
+                engine.handle().begin_shutdown();
+                engine.join();
+                cluster.stop(Duration::from_secs(1));
+                return Err(error.into());
+            }
+        }
         Ok(Server {
             engine,
+            cluster,
             accounts,
             local_addr,
             admin,
@@ -152,8 +179,15 @@ impl Server {
             grace_sec = handle.config().shutdown_grace.as_secs_f64(),
             "shutdown begins: not ready, closing every session"
         );
+        if let Some(cluster) = &self.cluster {
+            // First: peers send this node's leaves at once.
+            cluster.leave(CLUSTER_STOP_STEP);
+        }
         handle.begin_shutdown();
         self.engine.join();
+        if let Some(cluster) = &self.cluster {
+            cluster.stop(CLUSTER_STOP_STEP);
+        }
         match tokio::runtime::Builder::new_current_thread().build() {
             Ok(runtime) => runtime.block_on(self.accounts.shutdown()),
             Err(error) => tracing::error!(%error, "cannot close the account store cleanly"),
@@ -167,6 +201,11 @@ impl Server {
         );
     }
 }
+
+/// How long start-up waits for a cluster node to catch up with the log and register.
+const CLUSTER_READY_LIMIT: Duration = Duration::from_secs(60);
+/// Bound of each clean-stop step of a cluster node.
+const CLUSTER_STOP_STEP: Duration = Duration::from_secs(2);
 
 /// The open-file soft limit minus a reserve for listeners, the store and HTTP requests.
 fn default_max_connections() -> usize {

@@ -193,8 +193,18 @@ pub async fn disconnect(
         Err(error) => return error.into_response(),
     };
     let reason = body.and_then(|b| b.reason).unwrap_or_default();
-    let cause = CloseCause::Kicked(reason.clone());
-    match tokio::time::timeout(SHARD_ANSWER_TIMEOUT, engine.kick(session, cause)).await {
+    let kicked = async {
+        match engine.cluster() {
+            // The session may live on any node.
+            Some(cluster) => cluster.kick(session, reason.clone()).await,
+            None => {
+                engine
+                    .kick(session, CloseCause::Kicked(reason.clone()))
+                    .await
+            }
+        }
+    };
+    match tokio::time::timeout(SHARD_ANSWER_TIMEOUT, kicked).await {
         Ok(true) => {
             tracing::info!(session_id = %session, %reason, "session disconnected through the backend API");
             let mut response = Response::new(Body::default());

@@ -18,7 +18,11 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::engine::stats::{AuthResult, CloseKind, StatsSnapshot, FANOUT_BUCKETS};
+use crate::cluster::membership::FenceReason;
+use crate::cluster::ClusterShared;
+use crate::engine::stats::{
+    AuthResult, CloseKind, HistogramSnapshot, StatsSnapshot, FANOUT_BUCKETS,
+};
 use crate::engine::EngineHandle;
 
 /// `Content-Type` of the classic Prometheus text format (the default).
@@ -136,7 +140,7 @@ impl Collector for EngineCollector {
             ConstGauge::new(depth).encode(inbox.encode_family(&labels)?)?;
         }
 
-        let (sum, count, buckets) = fanout(&stats);
+        let (sum, count, buckets) = histogram(&stats.fanout);
         encoder
             .encode_descriptor(
                 "herald_fanout",
@@ -144,16 +148,87 @@ impl Collector for EngineCollector {
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?
-            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        match self.engine.cluster() {
+            Some(cluster) => encode_cluster(&mut encoder, cluster.shared(), &stats),
+            None => Ok(()),
+        }
     }
 }
 
-/// The fan-out histogram as the encoder wants it: per-bucket (not
-/// cumulative) counts with their upper bounds, the last one +Inf. The count
-/// is the buckets' total rather than the separate counter, so `+Inf` and
-/// `_count` agree even while shards are recording.
-fn fanout(stats: &StatsSnapshot) -> (f64, u64, Vec<(f64, u64)>) {
-    let histogram = &stats.fanout;
+/// The `herald_cluster_*` metrics (cluster mode only).
+fn encode_cluster(
+    encoder: &mut DescriptorEncoder,
+    cluster: &ClusterShared,
+    stats: &StatsSnapshot,
+) -> Result<(), std::fmt::Error> {
+    let r = std::sync::atomic::Ordering::Relaxed;
+    let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    gauge(
+        encoder,
+        "herald_cluster_log_lag",
+        "Presence log records this node's watch has yet to read.",
+        as_gauge(cluster.log_lag.load(r)),
+    )?;
+    gauge(
+        encoder,
+        "herald_cluster_nodes_live",
+        "Cluster nodes holding a live lease, as this node's replica has it.",
+        as_gauge(cluster.nodes_live.load(r)),
+    )?;
+    counter(
+        encoder,
+        "herald_cluster_verdicts",
+        "Verdicts read in the log: a node declared dead after missing its heartbeats.",
+        cluster.verdicts.load(r),
+    )?;
+    let mut fences = encoder.encode_descriptor(
+        "herald_cluster_fences",
+        "Times this node fenced itself (closed every session and dropped its lease), by reason.",
+        None,
+        MetricType::Counter,
+    )?;
+    for reason in FenceReason::ALL {
+        let labels = [("reason", reason.label())];
+        ConstCounter::new(cluster.fences[reason as usize].load(r))
+            .encode(fences.encode_family(&labels)?)?;
+    }
+    counter(
+        encoder,
+        "herald_cluster_coalesced",
+        "Intermediate statuses the replica skipped (a lagging or recovering watch reads only the latest).",
+        stats.coalesced,
+    )?;
+    counter(
+        encoder,
+        "herald_cluster_ignored_records",
+        "Log records ignored: written by an incarnation without a live lease, or unreadable.",
+        cluster.ignored_records.load(r),
+    )?;
+    counter(
+        encoder,
+        "herald_cluster_watch_restarts",
+        "Times the log watch stalled and was recreated from its last position.",
+        cluster.watch_restarts.load(r),
+    )?;
+    let mut publish = HistogramSnapshot::default();
+    cluster.publish.add_to(&mut publish);
+    let (sum, count, buckets) = histogram(&publish);
+    encoder
+        .encode_descriptor(
+            "herald_cluster_publish",
+            "Time from a session's write to the log's acknowledgement, retries included.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+/// A histogram as the encoder wants it: per-bucket (not cumulative) counts
+/// with their upper bounds, the last one +Inf. The count is the buckets'
+/// total rather than the separate counter, so `+Inf` and `_count` agree
+/// even while shards are recording.
+fn histogram(histogram: &HistogramSnapshot) -> (f64, u64, Vec<(f64, u64)>) {
     let bounds = FANOUT_BUCKETS.iter().copied().chain([f64::INFINITY]);
     let buckets: Vec<(f64, u64)> = bounds.zip(histogram.buckets.iter().copied()).collect();
     let count = buckets.iter().map(|(_, n)| n).sum();

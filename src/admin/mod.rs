@@ -94,7 +94,10 @@ impl AdminState {
 
     /// Ready: serving, and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.engine().is_some_and(|e| !e.is_shutting_down())
+        self.ready.load(Ordering::Acquire)
+            && self
+                .engine()
+                .is_some_and(|e| !e.is_shutting_down() && e.cluster().is_none_or(|c| c.is_ready()))
     }
 }
 

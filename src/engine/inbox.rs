@@ -25,6 +25,7 @@ use super::outbox::CloseCause;
 use super::runtime::ShardContext;
 use super::shard::SessionKey;
 use super::status_query::UserStatus;
+use crate::cluster::{Origin, PresenceRecord};
 use crate::ids::{SessionId, UserId};
 use crate::protocol::Presence;
 
@@ -90,6 +91,22 @@ pub enum ShardMsg {
     },
     /// Runs a closure on the shard thread (used to hand a connection to its home shard).
     Run(ShardTask),
+    /// Cluster mode: a presence record of a user owned here, from the
+    /// replicator, in log order.
+    ApplyPresence(Box<PresenceRecord>),
+    /// Cluster mode: every presence written by this incarnation ends.
+    DropOrigin(Origin),
+    /// Cluster mode: the log acknowledged the session's write `change`.
+    LogAcked { session: SessionKey, change: u64 },
+    /// Cluster mode, `--single-socket`: the log names `session` as `user`'s
+    /// newest session at position `seq`.
+    NewestSession {
+        user: UserId,
+        session: SessionId,
+        seq: u64,
+    },
+    /// Cluster mode: this node was fenced; close every session.
+    Fence,
     /// Closes every session with 1001 and stops the shard once they are gone.
     Shutdown,
 }

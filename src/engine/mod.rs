@@ -86,6 +86,7 @@ pub mod event;
 pub mod follow_graph;
 pub mod inbox;
 pub mod outbox;
+mod replica;
 pub mod routing;
 pub mod runtime;
 pub mod shard;
@@ -110,6 +111,7 @@ pub use shard::{SessionKey, SessionSpec, Shard};
 use stats::{ShardStats, StatsSnapshot};
 use status_query::UserStatus;
 
+use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::ids::{SessionId, UserId};
 
@@ -186,6 +188,8 @@ struct Shared {
     stats: Box<[Arc<ShardStats>]>,
     started: Instant,
     shutting_down: AtomicBool,
+    /// Cluster mode: where status changes go (see [`crate::cluster`]).
+    cluster: Option<ClusterLink>,
 }
 
 /// A cloneable, thread-safe handle to the running shards.
@@ -199,10 +203,10 @@ impl EngineHandle {
     /// drive one [`Shard`] directly (`Shard::new(0, handle, stats)`). Messages
     /// sent to it are never drained, so use it with one shard.
     pub fn standalone(config: EngineConfig) -> EngineHandle {
-        EngineHandle::new(config)
+        EngineHandle::new(config, None)
     }
 
-    fn new(config: EngineConfig) -> EngineHandle {
+    fn new(config: EngineConfig, cluster: Option<ClusterLink>) -> EngineHandle {
         let shards = config.shards.max(1);
         EngineHandle {
             shared: Arc::new(Shared {
@@ -214,6 +218,7 @@ impl EngineHandle {
                 config,
                 started: Instant::now(),
                 shutting_down: AtomicBool::new(false),
+                cluster,
             }),
         }
     }
@@ -221,6 +226,11 @@ impl EngineHandle {
     /// Routing of users and usernames to shards.
     pub fn router(&self) -> &Router {
         &self.shared.router
+    }
+
+    /// The cluster link, in cluster mode.
+    pub fn cluster(&self) -> Option<&ClusterLink> {
+        self.shared.cluster.as_ref()
     }
 
     /// The engine's settings.

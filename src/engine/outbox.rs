@@ -47,6 +47,8 @@ pub enum CloseCause {
     Shutdown,
     /// Closed through the backend API, with the operator's reason.
     Kicked(String),
+    /// Cluster mode: the node was fenced (lost its lease): 1012, reconnect.
+    Fenced,
 }
 
 /// What happened to a pushed frame.

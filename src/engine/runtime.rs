@@ -25,6 +25,7 @@ use super::inbox::ShardMsg;
 use super::shard::Shard;
 use super::stats::ShardStats;
 use super::{EngineConfig, EngineHandle};
+use crate::cluster::ClusterLink;
 use crate::ids::UserId;
 
 /// Called on each shard thread once it runs, before it drains its inbox.
@@ -87,9 +88,10 @@ impl Engine {
     pub fn start(
         config: EngineConfig,
         directory: Arc<Vec<(UserId, Option<Arc<str>>)>>,
+        cluster: Option<ClusterLink>,
         on_start: ShardStart,
     ) -> std::io::Result<Engine> {
-        let handle = EngineHandle::new(config);
+        let handle = EngineHandle::new(config, cluster);
         let shards = handle.router().shards();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::with_capacity(shards);

@@ -30,6 +30,7 @@ use super::event::StatusChange;
 use super::follow_graph::{FollowerIndex, HandleSet};
 use super::inbox::ShardMsg;
 use super::outbox::{CloseCause, Outbox, Push};
+use super::replica::{LoggedSession, ReplicaPresence};
 use super::stats::ShardStats;
 use super::status_query::UserStatus;
 use super::EngineHandle;
@@ -88,6 +89,8 @@ pub(super) struct SessionEntry {
     pub next_ping: u32,
     /// Requests counted against the opt-in rate limits in the current second.
     pub rate: RateWindow,
+    /// Cluster mode only: the session's writes to the presence log.
+    pub logged: Option<Box<LoggedSession>>,
 }
 
 /// A one-second window of rate-limited requests (`--status-update-rate`,
@@ -140,15 +143,18 @@ struct Slot {
 
 /// A user owned by this shard.
 #[derive(Default)]
-struct UserEntry {
+pub(super) struct UserEntry {
     /// The user exists (has an account, or was seen in a valid token).
     known: bool,
     /// Slots of this user's sessions (all of them live on this shard).
-    sessions: SmallVec<[u32; 1]>,
-    /// Slots of this user's sessions that have a status.
+    pub sessions: SmallVec<[u32; 1]>,
+    /// Slots of this user's sessions that have a status (single-node mode).
     online: SmallVec<[u32; 2]>,
     /// Other shards with follow edges to this user, and how many each.
     interest: SmallVec<[(u16, u32); 2]>,
+    /// Cluster mode: the user's sessions with a status on every node, as the
+    /// presence log has them (see [`super::replica`]).
+    pub replica: Vec<ReplicaPresence>,
 }
 
 impl UserEntry {
@@ -157,6 +163,7 @@ impl UserEntry {
             && self.sessions.is_empty()
             && self.online.is_empty()
             && self.interest.is_empty()
+            && self.replica.is_empty()
     }
 }
 
@@ -170,7 +177,7 @@ pub struct Shard {
     free: Vec<u32>,
     /// Local followers of any user.
     followers: FollowerIndex,
-    users: AHashMap<UserId, UserEntry>,
+    pub(super) users: AHashMap<UserId, UserEntry>,
     usernames: AHashMap<Arc<str>, UserId>,
     /// The websocket ping frame, shared by every session.
     ping: Frame,
@@ -235,6 +242,19 @@ impl Shard {
             }
         };
         let generation = self.slots[slot as usize].generation;
+        // Cluster mode: the session writes under the node's current
+        // incarnation. A node without one (fenced since the upgrade began)
+        // serves no session: it closes at once, and the client reconnects.
+        let logged = self.cluster().map(|link| {
+            let incarnation = link.incarnation().unwrap_or(0);
+            if incarnation == 0 {
+                spec.outbox.close(CloseCause::Fenced);
+            }
+            Box::new(LoggedSession {
+                incarnation,
+                ..LoggedSession::default()
+            })
+        });
         self.slots[slot as usize].outbox = Some(spec.outbox);
         self.entries[slot as usize] = Some(SessionEntry {
             id: spec.id,
@@ -248,6 +268,7 @@ impl Shard {
                 self.engine.config().ping_period(),
             )),
             rate: RateWindow::default(),
+            logged,
         });
         ShardStats::gauge(&self.stats.sessions, 1);
         let key = SessionKey { slot, generation };
@@ -263,6 +284,15 @@ impl Shard {
         user.sessions.push(slot);
         for old in replaced {
             self.replace_session(old);
+        }
+        if self.engine.config().single_socket {
+            if let Some(incarnation) = self.entries[slot as usize]
+                .as_ref()
+                .and_then(|e| e.logged.as_ref())
+                .map(|l| l.incarnation)
+            {
+                self.log_newest_session(spec.id, spec.user, incarnation);
+            }
         }
         self.followers.add(spec.user, slot);
         if spec.appear_online {
@@ -291,7 +321,9 @@ impl Shard {
         }
         self.send_unfollowed(dropped);
 
-        if let Some(old) = entry.status.clone() {
+        if let Some(logged) = &entry.logged {
+            self.log_disconnect(entry.id, entry.user, logged);
+        } else if let Some(old) = entry.status.clone() {
             self.mark_offline(entry.user, key.slot);
             let leave = presence_of(&entry, old);
             self.publish(
@@ -307,7 +339,7 @@ impl Shard {
 
     /// `--single-socket`: tells an older session of a user that a newer one
     /// replaced it (Nakama's notification), then closes it.
-    fn replace_session(&mut self, slot: u32) {
+    pub(super) fn replace_session(&mut self, slot: u32) {
         if let Some(outbox) = self
             .slots
             .get(slot as usize)
@@ -348,6 +380,14 @@ impl Shard {
         (self.slots.get(index)?.generation == key.generation).then_some(index)
     }
 
+    /// The key of the session now in `slot`.
+    pub(super) fn key_of(&self, slot: u32) -> SessionKey {
+        SessionKey {
+            slot,
+            generation: self.slots.get(slot as usize).map_or(0, |s| s.generation),
+        }
+    }
+
     /// The session's state, if `key` still names a live session.
     pub(super) fn entry_mut(&mut self, key: SessionKey) -> Option<&mut SessionEntry> {
         let index = self.live_index(key)?;
@@ -380,6 +420,10 @@ impl Shard {
     /// Sets (`Some`) or clears (`None`) the session's status and publishes the
     /// change. Clearing a session without status publishes nothing.
     pub(super) fn set_status(&mut self, key: SessionKey, status: Option<Arc<str>>) {
+        if self.cluster().is_some() {
+            self.log_status(key, status, None);
+            return;
+        }
         let Some(entry) = self.entry_mut(key) else {
             return;
         };
@@ -417,7 +461,7 @@ impl Shard {
 
     /// Sends a change of a user owned here to every shard with followers of
     /// it (first, so they work in parallel), then delivers it locally.
-    fn publish(&mut self, user: UserId, event: StatusPresenceEvent) {
+    pub(super) fn publish(&mut self, user: UserId, event: StatusPresenceEvent) {
         ShardStats::add(&self.stats.status_changes, 1);
         let interest = self
             .users
@@ -585,6 +629,10 @@ impl Shard {
         let Some(entry) = self.users.get(&user) else {
             return;
         };
+        if self.cluster().is_some() {
+            out.extend(entry.replica.iter().map(|p| presence_of_replica(user, p)));
+            return;
+        }
         for &slot in &entry.online {
             if let Some(session) = self.entries.get(slot as usize).and_then(Option::as_ref) {
                 if let Some(status) = &session.status {
@@ -623,7 +671,7 @@ impl Shard {
         self.forget_if_idle(user);
     }
 
-    fn forget_if_idle(&mut self, user: UserId) {
+    pub(super) fn forget_if_idle(&mut self, user: UserId) {
         if let Entry::Occupied(entry) = self.users.entry(user) {
             if entry.get().is_idle() {
                 entry.remove();
@@ -713,6 +761,13 @@ impl Shard {
                 let _ = reply.send(self.kick(session, cause));
             }
             ShardMsg::Shutdown => self.close_all(CloseCause::Shutdown),
+            ShardMsg::ApplyPresence(record) => self.apply_presence(*record),
+            ShardMsg::DropOrigin(origin) => self.drop_origin(origin),
+            ShardMsg::LogAcked { session, change } => self.log_acked(session, change),
+            ShardMsg::NewestSession { user, session, seq } => {
+                self.newest_session(user, session, seq)
+            }
+            ShardMsg::Fence => self.fence(),
             ShardMsg::Run(_) => {
                 debug_assert!(false, "Run must be handled by the shard loop");
             }
@@ -804,6 +859,16 @@ pub(super) fn presence_of(session: &SessionEntry, status: Arc<str>) -> Presence 
         session_id: session.id,
         username: session.username.clone(),
         status,
+    }
+}
+
+/// The presence of a replica entry of `user`.
+pub(super) fn presence_of_replica(user: UserId, presence: &ReplicaPresence) -> Presence {
+    Presence {
+        user_id: user,
+        session_id: presence.session,
+        username: presence.username.clone(),
+        status: presence.status.clone(),
     }
 }
 

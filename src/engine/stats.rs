@@ -23,16 +23,19 @@ pub enum CloseKind {
     Shutdown = 4,
     /// Closed through the backend API or by `--single-socket`.
     Kicked = 5,
+    /// Cluster mode: the node fenced itself (it lost its lease).
+    Fenced = 6,
 }
 
 impl CloseKind {
-    pub const ALL: [CloseKind; 6] = [
+    pub const ALL: [CloseKind; 7] = [
         CloseKind::Client,
         CloseKind::SlowConsumer,
         CloseKind::Malformed,
         CloseKind::Timeout,
         CloseKind::Shutdown,
         CloseKind::Kicked,
+        CloseKind::Fenced,
     ];
 
     /// The metric label.
@@ -44,6 +47,7 @@ impl CloseKind {
             CloseKind::Timeout => "timeout",
             CloseKind::Shutdown => "shutdown",
             CloseKind::Kicked => "kicked",
+            CloseKind::Fenced => "fenced",
         }
     }
 }
@@ -99,7 +103,10 @@ pub struct ShardStats {
     /// `write`/`writev` calls made by this shard's connections.
     pub write_syscalls: AtomicU64,
     /// Sessions closed, per [`CloseKind`].
-    pub closed: [AtomicU64; 6],
+    pub closed: [AtomicU64; CloseKind::ALL.len()],
+    /// Cluster mode: intermediate statuses a replica skipped (a lagging or
+    /// recovering watch sees only a session's latest record).
+    pub coalesced: AtomicU64,
     /// REST authenticate calls served on this shard's thread, per [`AuthResult`].
     pub auth: [AtomicU64; 4],
     /// Time from a status change to its last follower frame queued.
@@ -121,6 +128,16 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// Adds this histogram's counts to `total`.
+    pub fn add_to(&self, total: &mut HistogramSnapshot) {
+        let r = Ordering::Relaxed;
+        for (sum, c) in total.buckets.iter_mut().zip(&self.buckets) {
+            *sum += c.load(r);
+        }
+        total.sum_seconds += self.sum_nanos.load(r) as f64 / 1e9;
+        total.count += self.count.load(r);
+    }
+
     pub fn record(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         let bucket = FANOUT_BUCKETS
@@ -175,9 +192,10 @@ pub struct StatsSnapshot {
     pub deliveries: u64,
     pub bytes_written: u64,
     pub write_syscalls: u64,
-    pub closed: [u64; 6],
+    pub closed: [u64; CloseKind::ALL.len()],
     pub auth: [u64; 4],
     pub fanout: HistogramSnapshot,
+    pub coalesced: u64,
 }
 
 impl StatsSnapshot {
@@ -193,17 +211,14 @@ impl StatsSnapshot {
             total.deliveries += s.deliveries.load(r);
             total.bytes_written += s.bytes_written.load(r);
             total.write_syscalls += s.write_syscalls.load(r);
+            total.coalesced += s.coalesced.load(r);
             for (sum, c) in total.closed.iter_mut().zip(&s.closed) {
                 *sum += c.load(r);
             }
             for (sum, c) in total.auth.iter_mut().zip(&s.auth) {
                 *sum += c.load(r);
             }
-            for (sum, c) in total.fanout.buckets.iter_mut().zip(&s.fanout.buckets) {
-                *sum += c.load(r);
-            }
-            total.fanout.sum_seconds += s.fanout.sum_nanos.load(r) as f64 / 1e9;
-            total.fanout.count += s.fanout.count.load(r);
+            s.fanout.add_to(&mut total.fanout);
         }
         total
     }

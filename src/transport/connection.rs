@@ -150,6 +150,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             ),
             CloseCause::Timeout => self.begin_close(1000, "ping timeout", CloseKind::Timeout),
             CloseCause::Shutdown => self.begin_close(1001, "going away", CloseKind::Shutdown),
+            CloseCause::Fenced => self.begin_close(
+                crate::cluster::FENCE_CLOSE_CODE,
+                crate::cluster::FENCE_CLOSE_REASON,
+                CloseKind::Fenced,
+            ),
             CloseCause::Kicked(reason) => {
                 let reason = if reason.is_empty() {
                     close_reason::SERVER_SIDE_DISCONNECT

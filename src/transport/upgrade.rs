@@ -5,7 +5,9 @@
 //!    other Authorization → 401), else `?token=`. It must verify (HS256,
 //!    unexpired, UUID `uid`) → else 401 `Missing or invalid token`.
 //! 3. `status` parsed like Go's `strconv.ParseBool`, unparsable = false; `lang` is ignored.
-//! 4. Past `--max-connections` open sessions → 503, never a hang.
+//! 4. Past `--max-connections` open sessions → 503, never a hang. In cluster
+//!    mode also while the node is not ready (starting, or fenced) → 503
+//!    `Node not ready`: the client retries, on any node.
 //! 5. The upgrade (fastwebsockets checks the key and version; no extensions,
 //!    no subprotocol), then the socket (with its TLS state, under
 //!    `--tls-cert`) moves to the user's home shard, where the session is
@@ -69,6 +71,9 @@ pub async fn websocket(
 
     if !fastwebsockets::upgrade::is_upgrade_request(&request) {
         return plain(StatusCode::BAD_REQUEST, "Bad Request");
+    }
+    if ctx.engine.cluster().is_some_and(|c| !c.is_ready()) {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "Node not ready");
     }
     if state.websockets.fetch_add(1, Ordering::AcqRel) >= state.max_connections {
         state.websockets.fetch_sub(1, Ordering::AcqRel);

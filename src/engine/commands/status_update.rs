@@ -9,7 +9,9 @@
 //! * Past the opt-in `--status-update-rate`: error 3, session stays open.
 //!
 //! The ack `{"cid":…}` is queued before the event, so the session sees its
-//! ack before its own echo.
+//! ack before its own echo. In cluster mode the change is written to the
+//! presence log first and the ack waits for the log (see
+//! [`crate::engine::replica`]); it still precedes the echo.
 
 use std::sync::Arc;
 
@@ -43,6 +45,10 @@ impl Shard {
             .is_some_and(|e| !e.rate.allow_update(now, limit))
         {
             return self.fail(key, cid, errors::UPDATE_RATE_LIMITED);
+        }
+        if self.cluster().is_some() {
+            // Answered once the presence log holds the change.
+            return self.log_status(key, status.map(Arc::from), Some(cid));
         }
         self.reply(
             key,

@@ -1,0 +1,209 @@
+//! [`Writer`]: the shards' writes to the presence log, one at a time per
+//! session.
+//!
+//! A session's writes must land in the order they were made: a connect's
+//! join, then an update, then the purge when it closes. Publishes from one
+//! connection usually keep their order, but a retried one would not (the
+//! purge could land before a retried update and leave a ghost status), so
+//! each session has a queue and at most one write in flight. A failed
+//! publish (timeout, no stream leader during an election, connection lost)
+//! is retried with the same `Nats-Msg-Id`, so JetStream stores it once,
+//! until it succeeds or the session's incarnation is fenced; then the
+//! session's queue is dropped (its sessions are being closed, and its
+//! records would be ignored anyway). Nothing is dropped silently otherwise:
+//! an acknowledged write is reported to the session's shard
+//! (`LogAcked`), which answers the waiting request.
+//!
+//! Queues live only while a session has writes pending: an idle session
+//! costs nothing here. Only the cluster task touches this.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use ahash::AHashMap;
+use async_nats::jetstream::message::PublishMessage as Publish;
+use bytes::Bytes;
+
+use super::record::{self, Subjects};
+use super::{LogWrite, WriteOp, NEWEST_SESSION_TTL, PURGE_MARKER_TTL};
+use crate::ids::SessionId;
+
+/// Delay before a failed publish is tried again.
+pub const RETRY: Duration = Duration::from_millis(250);
+
+/// A publish ready to send: subject and message.
+pub struct Prepared {
+    pub session: SessionId,
+    pub subject: String,
+    pub message: Publish,
+}
+
+/// Per-session write queues (see the module doc).
+pub struct Writer {
+    subjects: Subjects,
+    /// This node's id.
+    me: String,
+    /// Sessions with writes pending; the front one is in flight.
+    queues: AHashMap<SessionId, VecDeque<LogWrite>>,
+}
+
+impl Writer {
+    pub fn new(bucket: &str, me: &str) -> Writer {
+        Writer {
+            subjects: Subjects::new(bucket),
+            me: me.to_owned(),
+            queues: AHashMap::new(),
+        }
+    }
+
+    /// Sessions with writes pending.
+    pub fn pending_sessions(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// Queues `write`; returns the publish to start when the session had
+    /// none in flight.
+    pub fn push(&mut self, write: LogWrite) -> Option<Prepared> {
+        let session = write.session;
+        let queue = self.queues.entry(session).or_default();
+        queue.push_back(write);
+        if queue.len() == 1 {
+            self.prepare_front(session)
+        } else {
+            None
+        }
+    }
+
+    /// The session's write in flight was stored: returns it, and the next
+    /// publish of that session if it has one.
+    pub fn stored(&mut self, session: SessionId) -> (Option<LogWrite>, Option<Prepared>) {
+        let Some(queue) = self.queues.get_mut(&session) else {
+            return (None, None);
+        };
+        let done = queue.pop_front();
+        if queue.is_empty() {
+            self.queues.remove(&session);
+            return (done, None);
+        }
+        (done, self.prepare_front(session))
+    }
+
+    /// The session's write in flight failed: the same publish again, unless
+    /// its incarnation is no longer `current` (then the queue is dropped).
+    pub fn retry(&mut self, session: SessionId, current: Option<u64>) -> Option<Prepared> {
+        let front = self.queues.get(&session)?.front()?;
+        if Some(front.incarnation) != current {
+            self.queues.remove(&session);
+            return None;
+        }
+        self.prepare_front(session)
+    }
+
+    /// Drops every queued write of `incarnation` (fenced). Writes already in
+    /// flight finish or fail on their own; their sessions' queues are then
+    /// dropped by [`Writer::retry`].
+    pub fn drop_incarnation(&mut self, incarnation: u64) {
+        self.queues.retain(|_, queue| {
+            let in_flight = queue.pop_front();
+            queue.retain(|w| w.incarnation != incarnation);
+            if let Some(front) = in_flight {
+                queue.push_front(front);
+            }
+            !queue.is_empty()
+        });
+    }
+
+    fn prepare_front(&self, session: SessionId) -> Option<Prepared> {
+        let write = self.queues.get(&session)?.front()?;
+        let presence = || {
+            self.subjects
+                .presence(&self.me, write.incarnation, write.user, write.session)
+        };
+        let (subject, message) = match &write.op {
+            WriteOp::Put(value) => (
+                presence(),
+                Publish::build()
+                    .payload(Bytes::from(value.encode()))
+                    .message_id(format!("{}:{}", write.session, value.change)),
+            ),
+            WriteOp::Purge(change) => (
+                presence(),
+                Publish::build()
+                    .payload(Bytes::from(record::encode_purge(*change)))
+                    .message_id(format!("{}:{}", write.session, change))
+                    .header("KV-Operation", "PURGE")
+                    .header("Nats-Rollup", "sub")
+                    .ttl(PURGE_MARKER_TTL),
+            ),
+            WriteOp::NewestSession => (
+                self.subjects.newest_session(write.user),
+                Publish::build()
+                    .payload(Bytes::from(record::encode_newest_session(write.session)))
+                    .message_id(format!("{}:newest", write.session))
+                    .ttl(NEWEST_SESSION_TTL),
+            ),
+        };
+        Some(Prepared {
+            session,
+            subject,
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::PresenceValue;
+    use crate::ids::UserId;
+
+    fn put(session: SessionId, incarnation: u64, change: u64) -> LogWrite {
+        LogWrite {
+            session,
+            user: UserId(uuid::Uuid::new_v4()),
+            incarnation,
+            op: WriteOp::Put(PresenceValue {
+                change,
+                username: "u".into(),
+                status: "s".into(),
+            }),
+            reply: None,
+        }
+    }
+
+    #[test]
+    fn one_write_in_flight_per_session_in_order() {
+        let mut writer = Writer::new("herald", "a");
+        let (s1, s2) = (SessionId::random(), SessionId::random());
+        assert!(writer.push(put(s1, 1, 1)).is_some());
+        assert!(
+            writer.push(put(s1, 1, 2)).is_none(),
+            "waits behind the first"
+        );
+        assert!(
+            writer.push(put(s2, 1, 1)).is_some(),
+            "other sessions do not wait"
+        );
+        let (done, next) = writer.stored(s1);
+        assert!(matches!(done.unwrap().op, WriteOp::Put(ref v) if v.change == 1));
+        let next = next.unwrap();
+        assert!(next.subject.starts_with("$KV.herald.s.a.0000000000000001."));
+        let (done, next) = writer.stored(s1);
+        assert!(matches!(done.unwrap().op, WriteOp::Put(ref v) if v.change == 2));
+        assert!(next.is_none());
+        assert_eq!(writer.pending_sessions(), 1);
+    }
+
+    #[test]
+    fn a_fenced_incarnation_drops_its_writes() {
+        let mut writer = Writer::new("herald", "a");
+        let s = SessionId::random();
+        writer.push(put(s, 1, 1));
+        writer.push(put(s, 1, 2));
+        assert!(writer.retry(s, Some(1)).is_some(), "retried while current");
+        writer.drop_incarnation(1);
+        assert_eq!(writer.pending_sessions(), 1, "the write in flight stays");
+        assert!(writer.retry(s, Some(2)).is_none());
+        assert_eq!(writer.pending_sessions(), 0);
+    }
+}

@@ -15,7 +15,7 @@ fn invalid_id(cid: &str) -> Value {
 }
 
 #[tokio::test]
-async fn an_empty_follow_answers_an_empty_status() {
+async fn an_empty_follow_answers_an_empty_presence_list() {
     let server = TestServer::start();
     let alice = server.user("alice").await;
     let mut session = server.connect(&alice, true).await;
@@ -27,8 +27,62 @@ async fn an_empty_follow_answers_an_empty_status() {
         json!({"status_follow": {"user_ids": null, "usernames": null}, "cid": "1"}),
     ] {
         session.send_json(request).await;
-        assert_eq!(session.recv_text().await, r#"{"cid":"1","status":{}}"#);
+        assert_eq!(
+            session.recv_text().await,
+            r#"{"cid":"1","status":{"presences":[]}}"#
+        );
     }
+}
+
+/// Issue #18: the official Godot clients declare `presences` required, so a
+/// follow of friends who are all offline must still carry the list (Nakama
+/// omits it). Every way of being offline is covered: never connected,
+/// connected without a status, went offline with `status_update {}`, and
+/// disconnected.
+#[tokio::test]
+async fn a_follow_of_users_who_are_all_offline_answers_an_empty_presence_list() {
+    let server = TestServer::start();
+    let (never, hidden, cleared, gone, follower) = (
+        server.user("never").await,
+        server.user("hidden").await,
+        server.user("cleared").await,
+        server.user("gone").await,
+        server.user("follower").await,
+    );
+    let _hidden = server.connect(&hidden, false).await;
+    let mut gone_session = server.connect(&gone, true).await;
+    gone_session.recv_event().await;
+    // `cleared` watches `gone` go, so the test knows when it is offline.
+    let mut cleared_session = server.connect(&cleared, true).await;
+    cleared_session.recv_event().await;
+    assert_eq!(cleared_session.follow("1", &[&gone.id]).await.len(), 1);
+    cleared_session
+        .send_json(json!({"status_update": {}, "cid": "2"}))
+        .await;
+    assert_eq!(cleared_session.recv_text().await, r#"{"cid":"2"}"#);
+    assert_leave(&cleared_session.recv_event().await, &cleared, "");
+    gone_session.close(1000).await;
+    assert_leave(&cleared_session.recv_event().await, &gone, "");
+
+    let mut session = server.connect(&follower, true).await;
+    session.recv_event().await;
+    let ids = [&never.id, &hidden.id, &cleared.id, &gone.id];
+    session
+        .send_json(json!({"status_follow": {"user_ids": ids}, "cid": "2"}))
+        .await;
+    assert_eq!(
+        session.recv_text().await,
+        r#"{"cid":"2","status":{"presences":[]}}"#
+    );
+    // A follow by username and a follow without a cid answer the same list.
+    session
+        .send_json(json!({"status_follow": {"usernames": [hidden.username, gone.username]}}))
+        .await;
+    assert_eq!(session.recv_text().await, r#"{"status":{"presences":[]}}"#);
+    // The follow holds: the first of them to come online is announced.
+    let mut hidden_again = server.connect(&hidden, false).await;
+    hidden_again.set_status("3", "back").await;
+    assert_join(&session.recv_event().await, &hidden, "back");
 }
 
 #[tokio::test]
@@ -71,7 +125,7 @@ async fn following_yourself_is_skipped() {
     let reply = session
         .request(json!({"status_follow": {"usernames": [alice.username]}, "cid": "2"}))
         .await;
-    assert_eq!(reply, json!({"cid": "2", "status": {}}));
+    assert_eq!(reply, json!({"cid": "2", "status": {"presences": []}}));
     // The self-follow is still there, and events come once.
     session.set_status("3", "me").await;
     session.expect_silence().await;
@@ -675,7 +729,7 @@ async fn a_token_cannot_take_over_another_accounts_username() {
         .await;
     assert_eq!(
         reply,
-        json!({"cid": "1", "status": {}}),
+        json!({"cid": "1", "status": {"presences": []}}),
         "the real alice is offline"
     );
     fake.set_status("2", "still me").await;

@@ -98,7 +98,7 @@ async fn odd_but_valid_json_is_accepted() {
         (r#"{"cid":"\u0033","ping":{}}"#, r#"{"cid":"3","pong":{}}"#),
         (
             r#"{"status_follow":{"user_ids":null,"usernames":null},"cid":"4"}"#,
-            r#"{"cid":"4","status":{}}"#,
+            r#"{"cid":"4","status":{"presences":[]}}"#,
         ),
         (r#"{"status_unfollow":{},"cid":"5"}"#, r#"{"cid":"5"}"#),
         // A null member is not set, so it does not compete for the oneof.

@@ -238,7 +238,7 @@ async fn past_the_follow_rate_the_request_gets_error_3_and_the_session_stays() {
         let reply = session
             .request(json!({"status_follow": {"user_ids": chunk}, "cid": cid}))
             .await;
-        let served = json!({"cid": cid, "status": {}});
+        let served = json!({"cid": cid, "status": {"presences": []}});
         if is_limited(&reply, "Follow rate limit exceeded", served) {
             limited += 1;
         }

@@ -233,6 +233,24 @@ async fn fixed_replies_are_byte_for_byte_what_go_marshals() {
     );
 }
 
+/// The protobuf side of issue #18: a follow of users who are all offline is
+/// a set `Status` with no presences, the same bytes as before and as Go.
+#[tokio::test]
+async fn a_follow_of_offline_users_is_an_empty_status_message() {
+    let server = TestServer::start();
+    let (never, hidden, follower) = (
+        server.user("never").await,
+        server.user("hidden").await,
+        server.user("follower").await,
+    );
+    let _hidden = protobuf_session(&server, &hidden, false).await;
+    let mut client = protobuf_session(&server, &follower, false).await;
+    client
+        .send(OP_BINARY, &follow("1", &[&never.id, &hidden.id], &[]))
+        .await;
+    assert_eq!(recv_bytes(&mut client).await, b"\x0a\x011\xca\x01\x00");
+}
+
 #[tokio::test]
 async fn events_carry_the_status_wrapper_even_when_empty() {
     let server = TestServer::start();

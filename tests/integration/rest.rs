@@ -331,7 +331,10 @@ async fn an_account_can_be_followed_by_id_and_name_right_after_authenticate() {
         let reply = follower
             .request(serde_json::json!({"status_follow": {"usernames": [name]}, "cid": "n"}))
             .await;
-        assert_eq!(reply, serde_json::json!({"cid": "n", "status": {}}));
+        assert_eq!(
+            reply,
+            serde_json::json!({"cid": "n", "status": {"presences": []}})
+        );
         let mut session = server.connect(&fresh, true).await;
         session.recv_event().await;
         assert_join(&follower.recv_event().await, &fresh, "");
@@ -381,7 +384,10 @@ async fn accounts_survive_a_restart() {
     let reply = follower
         .request(serde_json::json!({"status_follow": {"user_ids": [bob.id], "usernames": ["bob"]}, "cid": "1"}))
         .await;
-    assert_eq!(reply, serde_json::json!({"cid": "1", "status": {}}));
+    assert_eq!(
+        reply,
+        serde_json::json!({"cid": "1", "status": {"presences": []}})
+    );
     // bob's old token still works: same keys.
     let mut session = server.connect(&bob, true).await;
     session.recv_event().await;

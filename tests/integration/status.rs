@@ -364,7 +364,10 @@ async fn replies_echo_the_cid_verbatim_and_have_no_cid_without_one() {
     session
         .send_text(r#"{"status_follow":{"user_ids":[]},"cid":"1"}"#)
         .await;
-    assert_eq!(session.recv_text().await, r#"{"cid":"1","status":{}}"#);
+    assert_eq!(
+        session.recv_text().await,
+        r#"{"cid":"1","status":{"presences":[]}}"#
+    );
 
     // No cid (or an empty one): the reply has none.
     session.send_text(r#"{"ping":{}}"#).await;
@@ -372,7 +375,7 @@ async fn replies_echo_the_cid_verbatim_and_have_no_cid_without_one() {
     session.send_text(r#"{"cid":"","ping":{}}"#).await;
     assert_eq!(session.recv_text().await, r#"{"pong":{}}"#);
     session.send_text(r#"{"status_follow":{}}"#).await;
-    assert_eq!(session.recv_text().await, r#"{"status":{}}"#);
+    assert_eq!(session.recv_text().await, r#"{"status":{"presences":[]}}"#);
     session
         .send_text(r#"{"status_update":{"status":"x"}}"#)
         .await;
@@ -406,7 +409,7 @@ async fn camel_case_requests_are_accepted() {
     let reply = follower
         .request(json!({"cid": "1", "statusFollow": {"userIds": [alice.id]}}))
         .await;
-    assert_eq!(reply, json!({"cid": "1", "status": {}}));
+    assert_eq!(reply, json!({"cid": "1", "status": {"presences": []}}));
     writer
         .send_json(json!({"cid": "1", "statusUpdate": {"status": "camel"}}))
         .await;

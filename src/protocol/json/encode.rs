@@ -7,6 +7,14 @@
 //! `StringValue` written as a bare string even when empty, and a set but
 //! empty oneof member written as `{}`.
 //!
+//! One deliberate exception: a status snapshot always carries its
+//! `presences` list, `{"status":{"presences":[]}}` when nobody is online.
+//! The official Godot clients (3 and 4) declare `presences` a required
+//! property of `Status`, so Go's `{"status":{}}` makes their
+//! `follow_users_async` return an exception instead of an empty list; the
+//! other official clients accept either form. No other list or object that
+//! Go omits is required by a client (README, "Differences from Nakama").
+//!
 //! The request encoder writes what nakama-js sends: snake_case keys, the
 //! member first and `cid` last.
 
@@ -28,13 +36,10 @@ pub fn encode_reply(reply: &Reply<'_>, out: &mut Vec<u8>) {
             object.out.extend_from_slice(b"{}");
         }
         ReplyBody::Status(presences) => {
+            // The list is written even when empty, unlike Go: see the module docs.
             object.key(b"status");
-            object.out.push(b'{');
-            if !presences.is_empty() {
-                let mut status = Object::new(object.out);
-                status.key(b"presences");
-                push_presence_list(presences, status.out);
-            }
+            object.out.extend_from_slice(b"{\"presences\":");
+            push_presence_list(presences, object.out);
             object.out.push(b'}');
         }
         ReplyBody::Error { code, message } => {
@@ -312,12 +317,15 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_snapshot_omits_the_presence_list() {
+    fn an_empty_snapshot_still_carries_an_empty_presence_list() {
         assert_eq!(
             reply("1", ReplyBody::Status(&[])),
-            r#"{"cid":"1","status":{}}"#
+            r#"{"cid":"1","status":{"presences":[]}}"#
         );
-        assert_eq!(reply("", ReplyBody::Status(&[])), r#"{"status":{}}"#);
+        assert_eq!(
+            reply("", ReplyBody::Status(&[])),
+            r#"{"status":{"presences":[]}}"#
+        );
     }
 
     #[test]

@@ -167,7 +167,8 @@ mod tests {
             let mut out = Vec::new();
             encode_reply(&Reply { cid: &cid, body: ReplyBody::Status(&list) }, &mut out);
             let value: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
-            let presences = value["status"]["presences"].as_array().cloned().unwrap_or_default();
+            // Always a list, even an empty one (see `encode`).
+            let presences = value["status"]["presences"].as_array().cloned().expect("presences is a list");
             prop_assert_eq!(presences.len(), list.len());
             for (json, presence) in presences.iter().zip(&list) {
                 prop_assert_eq!(json["status"].as_str(), Some(&*presence.status));

@@ -248,8 +248,9 @@ function bySession(list) {
 /**
  * Checks the decoded shape nakama-js hands to `onstatuspresence` and
  * `followUsers` callers. JSON: empty lists and `persistence:false` are
- * omitted, so `joins`/`leaves`/`presences` are absent when empty. Protobuf:
- * ts-proto fills defaults (arrays present, `persistence:false`).
+ * omitted, so `joins`/`leaves` are absent when empty; a snapshot's
+ * `presences` is the exception, always there (`[]` when nobody is online).
+ * Protobuf: ts-proto fills defaults (arrays present, `persistence:false`).
  */
 function checkPresenceShape(p, mode) {
   if (mode === 'json') {
@@ -280,15 +281,11 @@ function checkEventShape(event, mode) {
 /** Checks a `followUsers` result and returns its presences (sorted by session). */
 function snapshotPresences(status, mode) {
   assert.ok(status && typeof status === 'object', `snapshot: ${JSON.stringify(status)}`);
-  if (mode === 'json') {
-    for (const key of Object.keys(status)) assert.equal(key, 'presences', `snapshot keys: ${JSON.stringify(status)}`);
-    if ('presences' in status) assert.ok(status.presences.length > 0, 'an empty presences list must be omitted');
-  } else {
-    assert.ok(Array.isArray(status.presences), `protobuf snapshot: ${JSON.stringify(status)}`);
-  }
-  const list = status.presences || [];
-  for (const p of list) checkPresenceShape(p, mode);
-  return bySession(list.map(presence));
+  // Both formats: exactly one key, `presences`, always an array (JSON too: Godot requires it).
+  assert.deepEqual(Object.keys(status), ['presences'], `snapshot keys: ${JSON.stringify(status)}`);
+  assert.ok(Array.isArray(status.presences), `snapshot presences: ${JSON.stringify(status)}`);
+  for (const p of status.presences) checkPresenceShape(p, mode);
+  return bySession(status.presences.map(presence));
 }
 
 // ---- nakama-js sockets ---------------------------------------------------------

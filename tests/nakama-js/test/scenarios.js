@@ -56,8 +56,8 @@ function statusScenarios(herald) {
     const a = await ctx.connect(await ctx.user('a'), { status: false });
     const f = await ctx.connect(await ctx.user('f'));
     const status = await f.socket.followUsers([a.userId]);
-    // Nakama omits the empty list: followUsers resolves with {} (no `presences`).
-    assert.deepEqual(status, ctx.mode === 'json' ? {} : { presences: [] });
+    // Nakama's JSON omits the empty list ({}); Herald keeps it in both formats.
+    assert.deepEqual(status, { presences: [] });
     await a.quiet(100);
     await f.quiet(100);
     const echo = await a.update('now here');
@@ -67,7 +67,29 @@ function statusScenarios(herald) {
 
   test('followUsers with an empty list resolves with an empty snapshot', async (ctx) => {
     const f = await ctx.connect(await ctx.user('f'));
-    assert.deepEqual(await f.socket.followUsers([]), ctx.mode === 'json' ? {} : { presences: [] });
+    assert.deepEqual(await f.socket.followUsers([]), { presences: [] });
+  });
+
+  test('a follow of friends who are all offline resolves with an empty list (issue #18)', async (ctx) => {
+    // A game's start-up: it follows its friend list while nobody is online.
+    // Offline four ways: never connected, connected without a status, went
+    // offline with updateStatus(), disconnected.
+    const never = await ctx.user('never');
+    const hidden = await ctx.connect(await ctx.user('hidden'), { status: false });
+    const cleared = await ctx.connect(await ctx.user('cleared'), { status: true });
+    await cleared.update(undefined);
+    const gone = await ctx.connect(await ctx.user('gone'), { status: true });
+    const { sock: witness } = await follower(ctx, [gone]);
+    await gone.disconnect();
+    assert.deepEqual(await witness.event(), ev([], [gone.me('')]));
+
+    const f = await ctx.connect(await ctx.user('f'), { status: true });
+    const status = await f.socket.followUsers([never.user_id, hidden.userId, cleared.userId, gone.userId]);
+    assert.deepEqual(status, { presences: [] });
+    assert.equal(status.presences.length, 0, 'nobody is online');
+    // The follows hold: the first friend to come online is announced.
+    await hidden.update('back');
+    assert.deepEqual(await f.event(), ev([hidden.me('back')]));
   });
 
   test('follow snapshot: one presence per session that has a status', async (ctx) => {

@@ -52,6 +52,7 @@
 //! [`node`] (the task that ties them together).
 
 pub mod control;
+pub mod fetch;
 pub mod membership;
 pub mod nats;
 pub mod node;
@@ -68,6 +69,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::engine::shard::SessionKey;
+use crate::engine::status_query::UserStatus;
 use crate::engine::EngineHandle;
 use crate::ids::{SessionId, UserId};
 
@@ -246,6 +248,18 @@ pub(crate) enum Command {
         reason: String,
         reply: oneshot::Sender<bool>,
     },
+    /// A shard starts keeping `users` (owned by it): fetch their presences
+    /// as of a position no older than `since`, answer with `Snapshot`.
+    Fetch {
+        shard: u16,
+        users: Vec<UserId>,
+        since: u64,
+    },
+    /// The backend API asks who is online.
+    QueryStatus {
+        users: Vec<UserId>,
+        reply: oneshot::Sender<Vec<UserStatus>>,
+    },
     /// Clean stop: mark the lease left, then answer.
     Leave(oneshot::Sender<()>),
     /// Purge this incarnation's keys, close NATS, end the task.
@@ -298,6 +312,30 @@ impl ClusterLink {
 
     pub fn shared(&self) -> &Arc<ClusterShared> {
         &self.shared
+    }
+
+    /// Asks for the presences of `users` (owned by `shard`) as of a log
+    /// position no older than `since`; they come back as a `Snapshot`.
+    pub fn fetch(&self, shard: u16, users: Vec<UserId>, since: u64) {
+        let _ = self.commands.send(Command::Fetch {
+            shard,
+            users,
+            since,
+        });
+    }
+
+    /// The current statuses of `users` on every node, read from the log
+    /// (the backend API's `GET /v2/status`), in the order given.
+    pub async fn query_status(&self, users: Vec<UserId>) -> Vec<UserStatus> {
+        let (reply, answer) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::QueryStatus { users, reply })
+            .is_err()
+        {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
     }
 
     /// Closes `session` on whichever node has it (this one first); false if

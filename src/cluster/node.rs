@@ -29,6 +29,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::control;
+use super::fetch::{self, FetchError, Fetched};
 use super::membership::{Membership, Step};
 use super::nats;
 use super::record::{LeaseState, LeaseValue, Subjects};
@@ -36,8 +37,9 @@ use super::replicator::{Notice, Operation, Replicator};
 use super::writer::{Prepared, Writer, RETRY};
 use super::{ClusterConfig, ClusterError, ClusterShared, Command, WriteOp, WATCH_STALL};
 use crate::engine::inbox::ShardMsg;
+use crate::engine::status_query::UserStatus;
 use crate::engine::EngineHandle;
-use crate::ids::SessionId;
+use crate::ids::{SessionId, UserId};
 
 /// How often timers are checked.
 const TICK: Duration = Duration::from_millis(50);
@@ -90,8 +92,9 @@ pub(super) async fn run(
         nats = %config.redacted_urls(),
         "cluster mode: reading the presence log"
     );
-    let node = ClusterNode::new(config, shared, engine, client, js);
-    node.run(commands, events, kicks).await;
+    let (fetched_tx, fetched) = mpsc::unbounded_channel();
+    let node = ClusterNode::new(config, shared, engine, client, js, fetched_tx);
+    node.run(commands, events, kicks, fetched).await;
 }
 
 /// A watch being created: the consumer's messages and what it has pending.
@@ -143,6 +146,22 @@ impl Watch {
     }
 }
 
+/// A finished fetch of some users' presences.
+enum FetchDone {
+    /// For a shard that starts keeping `users`.
+    Snapshot {
+        shard: u16,
+        users: Vec<UserId>,
+        fetched: Fetched,
+    },
+    /// For the backend API.
+    Status {
+        users: Vec<UserId>,
+        fetched: Fetched,
+        reply: oneshot::Sender<Vec<UserStatus>>,
+    },
+}
+
 /// A finished publish of a session's write.
 struct Published {
     session: SessionId,
@@ -170,6 +189,11 @@ struct ClusterNode {
     background: FuturesUnordered<BoxFuture<'static, ()>>,
     /// Failed publishes waiting for their retry.
     retries: Vec<(Instant, SessionId)>,
+    /// Fetches come back here.
+    fetched_tx: mpsc::UnboundedSender<FetchDone>,
+    /// Snapshots waiting for the watch to reach their position, so that
+    /// the lease table they are judged with is at least as recent.
+    deferred: Vec<FetchDone>,
     /// The incarnation the registration in flight replaces, if any.
     predecessor: Option<u64>,
     connected: bool,
@@ -184,6 +208,7 @@ impl ClusterNode {
         engine: EngineHandle,
         client: Client,
         js: Context,
+        fetched_tx: mpsc::UnboundedSender<FetchDone>,
     ) -> ClusterNode {
         let now = Instant::now();
         ClusterNode {
@@ -206,6 +231,8 @@ impl ClusterNode {
             lease_write: None,
             background: FuturesUnordered::new(),
             retries: Vec::new(),
+            fetched_tx,
+            deferred: Vec::new(),
             predecessor: None,
             connected: true,
             leaving: false,
@@ -222,6 +249,7 @@ impl ClusterNode {
         mut commands: mpsc::UnboundedReceiver<Command>,
         mut events: mpsc::UnboundedReceiver<Event>,
         mut kicks: async_nats::Subscriber,
+        mut fetched: mpsc::UnboundedReceiver<FetchDone>,
     ) {
         self.start_watch(None);
         let mut tick = tokio::time::interval(TICK);
@@ -252,6 +280,10 @@ impl ClusterNode {
                     self.on_lease_written(outcome);
                 }
                 Some(()) = self.background.next(), if !self.background.is_empty() => {}
+                Some(done) = fetched.recv() => {
+                    self.deferred.push(done);
+                    self.deliver_fetched();
+                }
                 Some(message) = kicks.next() => {
                     let (client, engine) = (self.client.clone(), self.engine.clone());
                     self.background.push(control::answer_kick(client, engine, message).boxed());
@@ -318,6 +350,41 @@ impl ClusterNode {
                             || control::kick_everywhere(client, bucket, session, reason, nodes)
                                 .await;
                         let _ = reply.send(found);
+                    }
+                    .boxed(),
+                );
+            }
+            Command::Fetch {
+                shard,
+                users,
+                since,
+            } => {
+                for chunk in users.chunks(fetch::USERS_PER_REQUEST) {
+                    let (users, tx) = (chunk.to_vec(), self.fetched_tx.clone());
+                    let request = self.fetch_request(users.clone(), since);
+                    self.background.push(
+                        async move {
+                            let fetched = request.await;
+                            let _ = tx.send(FetchDone::Snapshot {
+                                shard,
+                                users,
+                                fetched,
+                            });
+                        }
+                        .boxed(),
+                    );
+                }
+            }
+            Command::QueryStatus { users, reply } => {
+                let (tx, request) = (self.fetched_tx.clone(), self.fetch_request(users.clone(), 0));
+                self.background.push(
+                    async move {
+                        let fetched = request.await;
+                        let _ = tx.send(FetchDone::Status {
+                            users,
+                            fetched,
+                            reply,
+                        });
                     }
                     .boxed(),
                 );
@@ -461,6 +528,9 @@ impl ClusterNode {
         for notice in notices {
             self.on_notice(notice);
         }
+        if !self.deferred.is_empty() {
+            self.deliver_fetched();
+        }
         self.set_ready(self.membership.is_ready() && !self.leaving);
     }
 
@@ -529,6 +599,126 @@ impl ClusterNode {
             .push(async move { purge_keys(&js, &stream, purge).await }.boxed());
     }
 
+    // ---- fetches --------------------------------------------------------------
+
+    /// Reads the presences of `users` from the stream, as of a position no
+    /// older than `since`: retried until it succeeds (a replica that answers
+    /// from behind `since` is asked again). A user with more sessions than
+    /// one reply can hold is logged and read as having none.
+    fn fetch_request(&self, users: Vec<UserId>, since: u64) -> BoxFuture<'static, Fetched> {
+        let client = self.client.clone();
+        let stream = format!("KV_{}", self.config.bucket);
+        let subjects = self.subjects.clone();
+        let anchor = self.subjects.lease(&self.config.node_id);
+        async move {
+            let mut pending = vec![users];
+            let mut all = Fetched::default();
+            let mut delay = Duration::from_millis(10);
+            while let Some(users) = pending.pop() {
+                let filters: Vec<String> =
+                    users.iter().map(|u| subjects.user_presences(*u)).collect();
+                match fetch::last_records(&client, &stream, &filters, &anchor).await {
+                    Ok(fetched) if fetched.as_of == 0 || fetched.as_of >= since => {
+                        all.as_of = all.as_of.max(fetched.as_of.max(since));
+                        all.records.extend(fetched.records);
+                        delay = Duration::from_millis(10);
+                    }
+                    Ok(_) => {
+                        // A replica behind this shard's position: stale.
+                        pending.push(users);
+                        tokio::time::sleep(delay).await;
+                    }
+                    Err(FetchError::TooMany) if users.len() > 1 => {
+                        let half = users.len() / 2;
+                        pending.push(users[half..].to_vec());
+                        pending.push(users[..half].to_vec());
+                    }
+                    Err(FetchError::TooMany) => {
+                        tracing::error!(
+                            user = %users[0],
+                            "a user has more than {} sessions with a status; this node cannot load them",
+                            fetch::MAX_RESULTS - 1
+                        );
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "fetching presences failed; retrying");
+                        pending.push(users);
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            all.as_of = all.as_of.max(since);
+            all
+        }
+        .boxed()
+    }
+
+    /// Hands finished fetches on: snapshots once the watch has read up to
+    /// their position (so that the lease table judges them as of then or
+    /// later), status answers at once.
+    fn deliver_fetched(&mut self) {
+        let read = self.replicator.last_seq();
+        let (ready, waiting): (Vec<FetchDone>, Vec<FetchDone>) =
+            std::mem::take(&mut self.deferred)
+                .into_iter()
+                .partition(|done| match done {
+                    FetchDone::Snapshot { fetched, .. } => fetched.as_of <= read,
+                    FetchDone::Status { .. } => true,
+                });
+        self.deferred = waiting;
+        for done in ready {
+            match done {
+                FetchDone::Snapshot {
+                    shard,
+                    users,
+                    fetched,
+                } => {
+                    let records = self.visible(fetched.records);
+                    self.engine.send(
+                        usize::from(shard),
+                        ShardMsg::Snapshot {
+                            as_of: fetched.as_of,
+                            users,
+                            records,
+                        },
+                    );
+                }
+                FetchDone::Status {
+                    users,
+                    fetched,
+                    reply,
+                } => {
+                    let records = self.visible(fetched.records);
+                    let statuses = users
+                        .iter()
+                        .map(|&user| UserStatus {
+                            user_id: user,
+                            sessions: records
+                                .iter()
+                                .filter(|r| r.user == user)
+                                .filter_map(|r| Some((r.session, r.value.as_ref()?.status.clone())))
+                                .collect(),
+                        })
+                        .collect();
+                    let _ = reply.send(statuses);
+                }
+            }
+        }
+    }
+
+    /// The fetched records whose writers hold a live lease now.
+    fn visible(&mut self, records: Vec<fetch::FetchedRecord>) -> Vec<crate::cluster::PresenceRecord> {
+        records
+            .into_iter()
+            .filter_map(|r| {
+                self.replicator
+                    .presence(r.seq, &r.subject, r.operation, &r.payload)
+            })
+            .filter(|r| r.value.is_some())
+            .collect()
+    }
+
     // ---- the lease ----------------------------------------------------------
 
     fn on_tick(&mut self) {
@@ -572,6 +762,9 @@ impl ClusterNode {
                 .loaded()
                 .then(|| self.replicator.last_seq() + 1);
             self.start_watch(from);
+        }
+        if !self.deferred.is_empty() {
+            self.deliver_fetched();
         }
         self.set_ready(self.membership.is_ready() && !self.leaving);
     }

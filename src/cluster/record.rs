@@ -252,6 +252,11 @@ impl Subjects {
         format!("{}s.{node}.{incarnation:016x}.>", self.prefix)
     }
 
+    /// Every presence key of one user, on any node (a fetch filter).
+    pub fn user_presences(&self, user: UserId) -> String {
+        format!("{}s.*.*.{user}.*", self.prefix)
+    }
+
     pub fn lease(&self, node: &str) -> String {
         format!("{}n.{node}", self.prefix)
     }

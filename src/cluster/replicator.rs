@@ -16,9 +16,10 @@
 //!   it asks for a verdict on X (compare-and-set on X's last lease record).
 //!
 //! The first read is a *load*: the last record of every key, in log order,
-//! until the watch reports nothing pending. A lease key's last record can
-//! come after the presence records it decides about, so presences are held
-//! until the load ends and judged against the final lease table.
+//! until the watch reports nothing pending. It builds the lease table; its
+//! presence records are skipped, since no shard keeps any user before the
+//! node serves (a shard fetches the users it starts keeping, see
+//! [`super::fetch`], and the answer is judged with [`Replicator::presence`]).
 //!
 //! Only the cluster task calls this; it sends to the shards' inboxes.
 
@@ -79,8 +80,8 @@ pub struct Replicator {
     own_incarnation: u64,
     nodes: AHashMap<String, NodeView>,
     origins: AHashMap<(String, u64), Origin>,
-    /// Presence records read during the load, judged when it ends.
-    loading: Option<Vec<(String, u64, PresenceRecord)>>,
+    /// The first load is not done yet.
+    loading: bool,
     /// Log position of the last record read.
     last_seq: u64,
 }
@@ -95,7 +96,7 @@ impl Replicator {
             own_incarnation: 0,
             nodes: AHashMap::new(),
             origins: AHashMap::new(),
-            loading: Some(Vec::new()),
+            loading: true,
             last_seq: 0,
         }
     }
@@ -107,7 +108,7 @@ impl Replicator {
 
     /// True once the first load is done.
     pub fn loaded(&self) -> bool {
-        self.loading.is_none()
+        !self.loading
     }
 
     /// This node now writes (and heartbeats) as `incarnation` (0: none).
@@ -142,34 +143,14 @@ impl Replicator {
                 let node = node.to_owned();
                 self.on_lease(&node, seq, operation, payload, notices);
             }
-            Some(Key::Presence {
-                node,
-                incarnation,
-                user,
-                session,
-            }) => {
-                let node = node.to_owned();
-                let value = match operation {
-                    Operation::Put => match PresenceValue::decode(payload, None) {
-                        Some(value) => Some(value),
-                        None => return self.ignore(),
-                    },
-                    Operation::Gone => None,
-                };
-                let record = PresenceRecord {
-                    user,
-                    session,
-                    origin: self.origin(&node, incarnation),
-                    own: node == self.me && incarnation == self.own_incarnation && incarnation != 0,
-                    seq,
-                    purge_change: if value.is_none() {
-                        record::decode_purge(payload)
-                    } else {
-                        0
-                    },
-                    value,
-                };
-                self.on_presence(node, incarnation, record);
+            Some(Key::Presence { .. }) => {
+                if self.loaded() {
+                    if let Some(record) = self.presence(seq, subject, operation, payload) {
+                        let shard = self.engine.router().shard_of_user(record.user);
+                        self.engine
+                            .send(shard, ShardMsg::ApplyPresence(Box::new(record)));
+                    }
+                }
             }
             Some(Key::NewestSession { user }) => {
                 let session = record::decode_newest_session(payload);
@@ -189,35 +170,61 @@ impl Replicator {
 
     /// The first load found an empty log, or the watch reported nothing pending.
     pub fn finish_load(&mut self) {
-        let Some(held) = self.loading.take() else {
-            return;
-        };
-        for (node, incarnation, record) in held {
-            if self.live_incarnation(&node) == Some(incarnation) && record.value.is_some() {
-                self.route(record);
-            } else if record.value.is_some() {
-                self.ignore();
-            }
+        if self.loading {
+            self.loading = false;
+            self.publish_live_count();
         }
-        self.publish_live_count();
     }
 
-    fn on_presence(&mut self, node: String, incarnation: u64, record: PresenceRecord) {
-        if let Some(held) = self.loading.as_mut() {
-            held.push((node, incarnation, record));
-            return;
-        }
-        if self.live_incarnation(&node) == Some(incarnation) {
-            self.route(record);
-        } else {
+    /// The presence record at `seq` if its writer's incarnation is live in
+    /// the lease table now; `None` (counted as ignored) otherwise, or if the
+    /// subject is not a presence key or the value is unreadable.
+    pub fn presence(
+        &mut self,
+        seq: u64,
+        subject: &str,
+        operation: Operation,
+        payload: &[u8],
+    ) -> Option<PresenceRecord> {
+        let Some(Key::Presence {
+            node,
+            incarnation,
+            user,
+            session,
+        }) = self.subjects.parse(subject)
+        else {
             self.ignore();
+            return None;
+        };
+        if self.live_incarnation(node) != Some(incarnation) {
+            self.ignore();
+            return None;
         }
-    }
-
-    fn route(&self, record: PresenceRecord) {
-        let shard = self.engine.router().shard_of_user(record.user);
-        self.engine
-            .send(shard, ShardMsg::ApplyPresence(Box::new(record)));
+        let value = match operation {
+            Operation::Put => match PresenceValue::decode(payload, None) {
+                Some(value) => Some(value),
+                None => {
+                    self.ignore();
+                    return None;
+                }
+            },
+            Operation::Gone => None,
+        };
+        let own = node == self.me && incarnation == self.own_incarnation;
+        let origin = self.origin(node, incarnation);
+        Some(PresenceRecord {
+            user,
+            session,
+            origin,
+            own,
+            seq,
+            purge_change: if value.is_none() {
+                record::decode_purge(payload)
+            } else {
+                0
+            },
+            value,
+        })
     }
 
     fn ignore(&self) {
@@ -426,7 +433,7 @@ mod tests {
     }
 
     #[test]
-    fn the_load_judges_presences_against_the_final_leases() {
+    fn the_load_builds_the_lease_table_and_skips_presences() {
         let mut log = Log::new("a");
         let mut notices = Vec::new();
         let subjects = Subjects::new("herald");
@@ -437,23 +444,9 @@ mod tests {
         };
         let user = UserId(uuid::Uuid::new_v4());
         let session = SessionId(uuid::Uuid::new_v4());
-        // The presence comes first, its lease (a later heartbeat) after it.
-        log.replicator.on_record(
-            1,
-            &subjects.presence("b", 3, user, session),
-            Operation::Put,
-            &value.encode(),
-            2,
-            &mut notices,
-        );
-        log.replicator.on_record(
-            2,
-            &subjects.presence("c", 4, user, SessionId(uuid::Uuid::new_v4())),
-            Operation::Put,
-            &value.encode(),
-            1,
-            &mut notices,
-        );
+        let presence = subjects.presence("b", 3, user, session);
+        log.replicator
+            .on_record(1, &presence, Operation::Put, &value.encode(), 1, &mut notices);
         let lease = LeaseValue {
             state: LeaseState::Live,
             incarnation: 3,
@@ -461,7 +454,7 @@ mod tests {
         };
         assert!(!log.replicator.loaded());
         log.replicator.on_record(
-            3,
+            2,
             &subjects.lease("b"),
             Operation::Put,
             &lease.encode(),
@@ -469,8 +462,17 @@ mod tests {
             &mut notices,
         );
         assert!(log.replicator.loaded());
-        // b's presence is live; c has no lease, so its presence is ignored.
-        assert_eq!(log.drain(), ["apply"]);
+        assert_eq!(log.drain(), Vec::<&str>::new(), "no shard keeps anyone yet");
+        // Judged against the final lease table when fetched later.
+        let record = log
+            .replicator
+            .presence(1, &presence, Operation::Put, &value.encode());
+        assert!(record.is_some_and(|r| r.user == user && r.value == Some(value.clone())));
+        let other = subjects.presence("c", 4, user, SessionId(uuid::Uuid::new_v4()));
+        assert!(log
+            .replicator
+            .presence(1, &other, Operation::Put, &value.encode())
+            .is_none());
     }
 
     #[test]

@@ -107,6 +107,14 @@ pub enum ShardMsg {
     },
     /// Cluster mode: this node was fenced; close every session.
     Fence,
+    /// Cluster mode: the presences of `users` (owned here) at log position
+    /// `as_of`, fetched because they became of interest (see
+    /// [`super::replica`]).
+    Snapshot {
+        as_of: u64,
+        users: Vec<UserId>,
+        records: Vec<PresenceRecord>,
+    },
     /// Closes every session with 1001 and stops the shard once they are gone.
     Shutdown,
 }

@@ -299,6 +299,11 @@ impl EngineHandle {
 
     /// Current statuses of `users`, in the order given.
     pub async fn query_status(&self, users: &[UserId]) -> Vec<UserStatus> {
+        if let Some(cluster) = self.cluster() {
+            // Cluster mode: a node keeps only the users of interest to it;
+            // the log has everyone.
+            return cluster.query_status(users.to_vec()).await;
+        }
         let mut by_shard: HashMap<usize, Vec<UserId>> = HashMap::new();
         for user in users {
             by_shard

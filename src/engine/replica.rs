@@ -2,15 +2,31 @@
 //! node, fed by the presence log, and the shard's half of writing to it.
 //! (Single-node mode never touches this file.)
 //!
-//! Who owns what: the shard that owns user U keeps, in U's entry, every
-//! session of U that has a status on any node ([`ReplicaPresence`]), as the
-//! log had it at the last record this shard applied. Only the node's
-//! replicator changes it, through `ApplyPresence` and `DropOrigin` messages
-//! that arrive in log order; each change is fanned out to the local
-//! followers through the single-node path ([`Shard::publish`]), with the
-//! previous status from the replica as the leave. A follow snapshot reads
-//! the replica in the same shard step that records the follow, so it is
-//! exact at that log position.
+//! # What a shard keeps
+//!
+//! The shard that owns user U keeps U's presences on all nodes (every
+//! session of U with a status, [`ReplicaPresence`]) **only while U is of
+//! interest on this node**: a local session belongs to U, or a local session
+//! follows U. So a node's memory grows with its own sessions and the users
+//! they follow, not with the cluster. Records of other users are read and
+//! dropped.
+//!
+//! When U becomes of interest, the shard starts *loading* it: it asks the
+//! cluster for U's keys as they stand ([`crate::cluster::fetch`]) and
+//! buffers U's records that arrive meanwhile. The snapshot comes with the
+//! log position it is the state of; the buffered records after that
+//! position are applied on top (each one an event for the local
+//! followers), records at or before it are already in the snapshot.
+//! Follow grants for a user that is loading wait for it, so a follow
+//! snapshot is always the replica at the shard's position: gap-free and
+//! duplicate-free with the events after it.
+//!
+//! Once loaded, only the node's replicator changes the replica, through
+//! `ApplyPresence` and `DropOrigin` messages in log order; each change is
+//! fanned out to the local followers through the single-node path
+//! ([`Shard::publish`]), with the replica's previous status as the leave.
+//!
+//! # Writes
 //!
 //! A local session's own changes take the same road: `status_update` writes
 //! to the log ([`Shard::log_status`]) and waits; the record coming back (or
@@ -20,6 +36,10 @@
 
 use std::sync::Arc;
 
+use ahash::AHashMap;
+use smallvec::SmallVec;
+
+use super::inbox::ShardMsg;
 use super::outbox::CloseCause;
 use super::shard::{presence_of_replica, SessionKey, Shard};
 use super::stats::ShardStats;
@@ -38,6 +58,59 @@ pub(super) struct ReplicaPresence {
     pub change: u64,
     pub username: Arc<str>,
     pub status: Arc<str>,
+}
+
+/// What a shard keeps of one user while the user is of interest.
+#[derive(Debug, Default)]
+pub(super) struct Replica {
+    /// The user's sessions with a status, on every node.
+    pub presences: Vec<ReplicaPresence>,
+    /// The log position of the snapshot the replica was loaded from:
+    /// records at or before it are already reflected.
+    as_of: u64,
+    /// While the snapshot is being fetched.
+    loading: Option<Box<Loading>>,
+}
+
+impl Replica {
+    /// Loaded and current: snapshots and events may be served from it.
+    pub fn is_loaded(&self) -> bool {
+        self.loading.is_none()
+    }
+}
+
+/// A user whose snapshot is being fetched.
+#[derive(Debug, Default)]
+struct Loading {
+    /// The shard's log position when loading began: an older snapshot is stale.
+    since: u64,
+    /// The user's records that arrived since, in log order.
+    buffer: Vec<PresenceRecord>,
+    /// Incarnations that ended since: their presences in the snapshot are gone.
+    dropped: SmallVec<[Origin; 1]>,
+    /// Follow grants waiting for this user.
+    grants: SmallVec<[u64; 1]>,
+}
+
+/// A follow grant that waits for users to load.
+#[derive(Debug)]
+pub(super) struct ParkedGrant {
+    pub from_shard: u16,
+    pub session: SessionKey,
+    pub users: Vec<UserId>,
+    pub new_edges: Vec<bool>,
+    /// Users still loading.
+    waiting: usize,
+}
+
+/// A shard's cluster bookkeeping (unused in single-node mode).
+#[derive(Debug, Default)]
+pub(super) struct ReplicaState {
+    /// The log position of the last record this shard received.
+    log_seq: u64,
+    /// Follow grants waiting for snapshots, by number.
+    parked: AHashMap<u64, ParkedGrant>,
+    next_grant: u64,
 }
 
 /// A local session's place in the log (cluster mode only; boxed in the
@@ -62,6 +135,8 @@ impl Shard {
     pub(super) fn cluster(&self) -> Option<&ClusterLink> {
         self.engine.cluster()
     }
+
+    // ---- writes ---------------------------------------------------------------
 
     /// Cluster mode: sets (`Some`) or clears the session's status by writing
     /// it to the log. With `cid`, the request is answered once the log has
@@ -163,7 +238,10 @@ impl Shard {
     /// Answers the session's waiting `status_update` if the log now holds its
     /// write (`change` or a later one).
     pub(super) fn log_acked(&mut self, key: SessionKey, change: u64) {
-        let Some(logged) = self.entry_mut(key).and_then(|e| e.logged.as_deref_mut()) else {
+        let Some(logged) = self
+            .entry_mut(key)
+            .and_then(|e| e.logged.as_deref_mut())
+        else {
             return;
         };
         match &logged.awaiting {
@@ -178,9 +256,87 @@ impl Shard {
         }
     }
 
+    // ---- interest ---------------------------------------------------------------
+
+    /// Whether `user` (owned here) is of interest on this node: a local
+    /// session follows it (its own sessions follow it from the start).
+    fn interested(&self, user: UserId) -> bool {
+        self.followers.followers_of(user).is_some()
+            || self.users.get(&user).is_some_and(|u| !u.interest.is_empty())
+    }
+
+    /// Whether the replica of `user` is loaded (cluster mode; always true
+    /// in single-node mode, which keeps every local session anyway).
+    pub(super) fn is_loaded(&self, user: UserId) -> bool {
+        self.cluster().is_none()
+            || self
+                .users
+                .get(&user)
+                .and_then(|u| u.replica.as_deref())
+                .is_some_and(Replica::is_loaded)
+    }
+
+    /// Starts keeping `users` (owned here): those not kept yet begin
+    /// loading. Returns the users that are not loaded yet.
+    pub(super) fn retain(&mut self, users: &[UserId]) -> Vec<UserId> {
+        let Some(link) = self.cluster().cloned() else {
+            return Vec::new();
+        };
+        let since = self.replica_state.log_seq;
+        let mut fetch = Vec::new();
+        let mut loading = Vec::new();
+        for &user in users {
+            let entry = self.users.entry(user).or_default();
+            match entry.replica.as_deref() {
+                Some(replica) if replica.is_loaded() => {}
+                Some(_) => loading.push(user),
+                None => {
+                    entry.replica = Some(Box::new(Replica {
+                        loading: Some(Box::new(Loading {
+                            since,
+                            ..Loading::default()
+                        })),
+                        ..Replica::default()
+                    }));
+                    fetch.push(user);
+                    loading.push(user);
+                }
+            }
+        }
+        if !fetch.is_empty() {
+            link.fetch(self.index as u16, fetch, since);
+        }
+        loading
+    }
+
+    /// Stops keeping `user` if nothing here is interested in it any more.
+    pub(super) fn release_if_uninterested(&mut self, user: UserId) {
+        if self.cluster().is_none() || self.interested(user) {
+            return;
+        }
+        let Some(entry) = self.users.get_mut(&user) else {
+            return;
+        };
+        let releasable = entry
+            .replica
+            .as_deref()
+            .is_some_and(|r| r.loading.is_none());
+        if releasable {
+            if let Some(replica) = entry.replica.take() {
+                if !replica.presences.is_empty() {
+                    ShardStats::gauge(&self.stats.users_online, -1);
+                }
+            }
+        }
+        self.forget_if_idle(user);
+    }
+
+    // ---- the log ----------------------------------------------------------------
+
     /// Applies one presence record of a user owned here (see the module doc).
     pub(super) fn apply_presence(&mut self, record: PresenceRecord) {
         let user = record.user;
+        self.replica_state.log_seq = self.replica_state.log_seq.max(record.seq);
         if record.own {
             // The session's own write came back: answer its request first,
             // so that the answer precedes the session's echo of the change.
@@ -192,10 +348,36 @@ impl Shard {
                 self.log_acked(key, change);
             }
         }
-        let entry = self.users.entry(user).or_default();
-        let was_online = !entry.replica.is_empty();
-        let position = entry
-            .replica
+        let Some(replica) = self
+            .users
+            .get_mut(&user)
+            .and_then(|u| u.replica.as_deref_mut())
+        else {
+            return; // not of interest here
+        };
+        if let Some(loading) = replica.loading.as_mut() {
+            loading.buffer.push(record);
+            return;
+        }
+        if record.seq <= replica.as_of {
+            return; // already in the snapshot
+        }
+        self.update_replica(record);
+    }
+
+    /// Applies `record` to its user's loaded replica and tells the local followers.
+    fn update_replica(&mut self, record: PresenceRecord) {
+        let user = record.user;
+        let Some(replica) = self
+            .users
+            .get_mut(&user)
+            .and_then(|u| u.replica.as_deref_mut())
+        else {
+            return;
+        };
+        let was_online = !replica.presences.is_empty();
+        let position = replica
+            .presences
             .iter()
             .position(|p| p.session == record.session);
         let (old, new) = match record.value {
@@ -208,17 +390,20 @@ impl Shard {
                     status: value.status,
                 };
                 let old = match position {
-                    Some(i) => Some(std::mem::replace(&mut entry.replica[i], new.clone())),
+                    Some(i) => Some(std::mem::replace(
+                        &mut replica.presences[i],
+                        new.clone(),
+                    )),
                     None => {
-                        entry.replica.push(new.clone());
+                        replica.presences.push(new.clone());
                         None
                     }
                 };
                 (old, Some(new))
             }
-            None => (position.map(|i| entry.replica.swap_remove(i)), None),
+            None => (position.map(|i| replica.presences.swap_remove(i)), None),
         };
-        let is_online = !entry.replica.is_empty();
+        let is_online = !replica.presences.is_empty();
         let latest = new.as_ref().map_or(record.purge_change, |n| n.change);
         if let Some(old) = &old {
             let skipped = latest.saturating_sub(old.change + 1);
@@ -226,7 +411,6 @@ impl Shard {
         }
         self.count_online(was_online, is_online);
         if old.is_none() && new.is_none() {
-            self.forget_if_idle(user);
             return;
         }
         let event = StatusPresenceEvent {
@@ -234,9 +418,6 @@ impl Shard {
             leaves: old.map(|p| presence_of_replica(user, &p)),
         };
         self.publish(user, event);
-        if !is_online {
-            self.forget_if_idle(user);
-        }
     }
 
     /// Every presence written by `origin` ends (its node was declared dead,
@@ -245,33 +426,170 @@ impl Shard {
         let mut gone: Vec<(UserId, ReplicaPresence)> = Vec::new();
         let mut emptied = 0;
         for (user, entry) in self.users.iter_mut() {
-            if !entry.replica.iter().any(|p| p.origin == origin) {
+            let Some(replica) = entry.replica.as_deref_mut() else {
+                continue;
+            };
+            if let Some(loading) = replica.loading.as_mut() {
+                loading.buffer.retain(|r| r.origin != origin);
+                loading.dropped.push(origin);
+                continue;
+            }
+            if !replica.presences.iter().any(|p| p.origin == origin) {
                 continue;
             }
             let mut i = 0;
-            while i < entry.replica.len() {
-                if entry.replica[i].origin == origin {
-                    gone.push((*user, entry.replica.swap_remove(i)));
+            while i < replica.presences.len() {
+                if replica.presences[i].origin == origin {
+                    gone.push((*user, replica.presences.swap_remove(i)));
                 } else {
                     i += 1;
                 }
             }
-            if entry.replica.is_empty() {
+            if replica.presences.is_empty() {
                 emptied += 1;
             }
         }
         ShardStats::gauge(&self.stats.users_online, -emptied);
-        for (user, presence) in &gone {
+        for (user, presence) in gone {
             let event = StatusPresenceEvent {
                 joins: None,
-                leaves: Some(presence_of_replica(*user, presence)),
+                leaves: Some(presence_of_replica(user, &presence)),
             };
-            self.publish(*user, event);
-        }
-        for (user, _) in gone {
-            self.forget_if_idle(user);
+            self.publish(user, event);
         }
     }
+
+    /// The snapshot of `users` (owned here) at log position `as_of`, from
+    /// the cluster: each user still loading is loaded from it, then its
+    /// buffered records after `as_of` are applied, then the follow grants
+    /// that waited for it run.
+    pub(super) fn snapshot_loaded(
+        &mut self,
+        as_of: u64,
+        users: Vec<UserId>,
+        records: Vec<PresenceRecord>,
+    ) {
+        let mut by_user: AHashMap<UserId, Vec<PresenceRecord>> = AHashMap::new();
+        for record in records {
+            by_user.entry(record.user).or_default().push(record);
+        }
+        let mut stale = Vec::new();
+        for user in users {
+            let Some(replica) = self
+                .users
+                .get_mut(&user)
+                .and_then(|u| u.replica.as_deref_mut())
+            else {
+                continue;
+            };
+            let Some(loading) = replica.loading.take() else {
+                continue; // loaded already (a duplicate answer)
+            };
+            if as_of < loading.since {
+                // Older than what this shard has read: ask again.
+                replica.loading = Some(loading);
+                stale.push(user);
+                continue;
+            }
+            let Loading {
+                buffer,
+                dropped,
+                grants,
+                ..
+            } = *loading;
+            replica.as_of = as_of;
+            replica.presences = by_user
+                .remove(&user)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| !dropped.contains(&r.origin))
+                .filter_map(|r| {
+                    let value = r.value?;
+                    Some(ReplicaPresence {
+                        session: r.session,
+                        origin: r.origin,
+                        change: value.change,
+                        username: value.username,
+                        status: value.status,
+                    })
+                })
+                .collect();
+            if !replica.presences.is_empty() {
+                ShardStats::gauge(&self.stats.users_online, 1);
+            }
+            for record in buffer {
+                if record.seq > as_of {
+                    self.update_replica(record);
+                }
+            }
+            for grant in grants {
+                self.grant_loaded(grant);
+            }
+            self.release_if_uninterested(user);
+        }
+        if !stale.is_empty() {
+            if let Some(link) = self.cluster() {
+                link.fetch(self.index as u16, stale, self.replica_state.log_seq);
+            }
+        }
+    }
+
+    // ---- follow grants that wait ---------------------------------------------
+
+    /// Parks a follow grant until `loading` (some of its users) are loaded.
+    pub(super) fn park_grant(
+        &mut self,
+        from_shard: u16,
+        session: SessionKey,
+        users: Vec<UserId>,
+        new_edges: Vec<bool>,
+        loading: &[UserId],
+    ) {
+        let id = self.replica_state.next_grant;
+        self.replica_state.next_grant += 1;
+        for user in loading {
+            if let Some(l) = self
+                .users
+                .get_mut(user)
+                .and_then(|u| u.replica.as_deref_mut())
+                .and_then(|r| r.loading.as_mut())
+            {
+                l.grants.push(id);
+            }
+        }
+        self.replica_state.parked.insert(
+            id,
+            ParkedGrant {
+                from_shard,
+                session,
+                users,
+                new_edges,
+                waiting: loading.len(),
+            },
+        );
+    }
+
+    /// One user of parked grant `id` is loaded; the grant runs once all are.
+    fn grant_loaded(&mut self, id: u64) {
+        let Some(grant) = self.replica_state.parked.get_mut(&id) else {
+            return;
+        };
+        grant.waiting = grant.waiting.saturating_sub(1);
+        if grant.waiting > 0 {
+            return;
+        }
+        if let Some(grant) = self.replica_state.parked.remove(&id) {
+            // Runs the grant again: users released meanwhile load again.
+            self.handle(ShardMsg::Follow {
+                from_shard: grant.from_shard,
+                session: grant.session,
+                users: grant.users,
+                new_edges: grant.new_edges,
+            });
+        }
+    }
+
+    // ---- other cluster messages -----------------------------------------------
 
     /// `--single-socket`: the log names `session` as `user`'s newest at
     /// position `seq`. Local sessions of the user whose own record came
@@ -312,7 +630,8 @@ impl Shard {
         })
     }
 
-    /// Keeps `herald_users_online` (users with a status anywhere, in cluster mode).
+    /// Keeps `herald_users_online` (in cluster mode: users kept here with a
+    /// status on some node).
     fn count_online(&self, was: bool, is: bool) {
         match (was, is) {
             (false, true) => ShardStats::gauge(&self.stats.users_online, 1),

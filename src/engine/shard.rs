@@ -30,7 +30,7 @@ use super::event::StatusChange;
 use super::follow_graph::{FollowerIndex, HandleSet};
 use super::inbox::ShardMsg;
 use super::outbox::{CloseCause, Outbox, Push};
-use super::replica::{LoggedSession, ReplicaPresence};
+use super::replica::{LoggedSession, Replica, ReplicaPresence, ReplicaState};
 use super::stats::ShardStats;
 use super::status_query::UserStatus;
 use super::EngineHandle;
@@ -151,10 +151,11 @@ pub(super) struct UserEntry {
     /// Slots of this user's sessions that have a status (single-node mode).
     online: SmallVec<[u32; 2]>,
     /// Other shards with follow edges to this user, and how many each.
-    interest: SmallVec<[(u16, u32); 2]>,
-    /// Cluster mode: the user's sessions with a status on every node, as the
-    /// presence log has them (see [`super::replica`]).
-    pub replica: Vec<ReplicaPresence>,
+    pub interest: SmallVec<[(u16, u32); 2]>,
+    /// Cluster mode, while the user is of interest on this node: its
+    /// sessions with a status on every node, as the presence log has them
+    /// (see [`super::replica`]).
+    pub replica: Option<Box<Replica>>,
 }
 
 impl UserEntry {
@@ -163,7 +164,7 @@ impl UserEntry {
             && self.sessions.is_empty()
             && self.online.is_empty()
             && self.interest.is_empty()
-            && self.replica.is_empty()
+            && self.replica.is_none()
     }
 }
 
@@ -176,11 +177,13 @@ pub struct Shard {
     pub(super) entries: Vec<Option<SessionEntry>>,
     free: Vec<u32>,
     /// Local followers of any user.
-    followers: FollowerIndex,
+    pub(super) followers: FollowerIndex,
     pub(super) users: AHashMap<UserId, UserEntry>,
     usernames: AHashMap<Arc<str>, UserId>,
     /// The websocket ping frame, shared by every session.
     ping: Frame,
+    /// Cluster mode: log position, follow grants waiting for snapshots.
+    pub(super) replica_state: ReplicaState,
 }
 
 impl Shard {
@@ -196,6 +199,7 @@ impl Shard {
             users: AHashMap::new(),
             usernames: AHashMap::new(),
             ping: Frame::control(OpCode::Ping, b""),
+            replica_state: ReplicaState::default(),
         }
     }
 
@@ -295,6 +299,8 @@ impl Shard {
             }
         }
         self.followers.add(spec.user, slot);
+        // Cluster mode: the session's own user is now of interest here.
+        self.retain(&[spec.user]);
         if spec.appear_online {
             self.set_status(key, Some(Arc::from("")));
         }
@@ -323,6 +329,7 @@ impl Shard {
 
         if let Some(logged) = &entry.logged {
             self.log_disconnect(entry.id, entry.user, logged);
+            self.release_if_uninterested(entry.user);
         } else if let Some(old) = entry.status.clone() {
             self.mark_offline(entry.user, key.slot);
             let leave = presence_of(&entry, old);
@@ -603,7 +610,13 @@ impl Shard {
     /// `dropped` is indexed by owner shard; edges to local users need no message.
     pub(super) fn send_unfollowed(&mut self, dropped: Vec<Vec<UserId>>) {
         for (owner, users) in dropped.into_iter().enumerate() {
-            if users.is_empty() || owner == self.index {
+            if owner == self.index {
+                for user in users {
+                    self.release_if_uninterested(user);
+                }
+                continue;
+            }
+            if users.is_empty() {
                 continue;
             }
             self.engine.send(
@@ -630,7 +643,13 @@ impl Shard {
             return;
         };
         if self.cluster().is_some() {
-            out.extend(entry.replica.iter().map(|p| presence_of_replica(user, p)));
+            let presences = entry.replica.as_deref().map(|r| r.presences.as_slice());
+            out.extend(
+                presences
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|p| presence_of_replica(user, p)),
+            );
             return;
         }
         for &slot in &entry.online {
@@ -668,6 +687,7 @@ impl Shard {
                 }
             }
         }
+        self.release_if_uninterested(user);
         self.forget_if_idle(user);
     }
 
@@ -768,6 +788,11 @@ impl Shard {
                 self.newest_session(user, session, seq)
             }
             ShardMsg::Fence => self.fence(),
+            ShardMsg::Snapshot {
+                as_of,
+                users,
+                records,
+            } => self.snapshot_loaded(as_of, users, records),
             ShardMsg::Run(_) => {
                 debug_assert!(false, "Run must be handled by the shard loop");
             }

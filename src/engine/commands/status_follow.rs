@@ -136,7 +136,10 @@ impl Shard {
             if users.is_empty() {
                 continue;
             }
-            if owner == self.index {
+            // In cluster mode a user the node does not keep yet is loaded
+            // first: such a grant goes through the inbox, even here, to wait.
+            let inline = owner == self.index && users.iter().all(|u| self.is_loaded(*u));
+            if inline {
                 let granted = self.grant(self.index as u16, users, new_edges, &mut presences);
                 self.add_edges(key, granted, owner);
             } else {
@@ -219,8 +222,28 @@ impl Shard {
         users: Vec<UserId>,
         new_edges: Vec<bool>,
     ) {
+        if self.cluster().is_some() {
+            // Cluster mode: the snapshot needs each user's replica; users
+            // this node does not keep yet are fetched, and the grant waits.
+            let followable: Vec<UserId> = users
+                .iter()
+                .copied()
+                .filter(|u| self.may_follow(*u))
+                .collect();
+            let loading = self.retain(&followable);
+            if !loading.is_empty() {
+                self.park_grant(from_shard, session, users, new_edges, &loading);
+                return;
+            }
+        }
         let mut presences = Vec::new();
         let granted_new = self.grant(from_shard, users, new_edges, &mut presences);
+        if from_shard as usize == self.index {
+            // A grant this shard sent itself (cluster mode, after a load):
+            // the edges go in now, in the same step as the snapshot.
+            self.follow_granted(from_shard, session, granted_new, presences);
+            return;
+        }
         let reply = ShardMsg::FollowGranted {
             from_shard: self.index as u16,
             session,
@@ -241,12 +264,19 @@ impl Shard {
             .into_iter()
             .filter(|user| !self.add_edge(key, *user))
             .collect();
-        if !returned.is_empty() && owner != self.index {
+        if returned.is_empty() {
+            return;
+        }
+        if owner != self.index {
             let msg = ShardMsg::Unfollowed {
                 from_shard: self.index as u16,
                 users: returned,
             };
             self.engine.send(owner, msg);
+        } else {
+            for user in returned {
+                self.release_if_uninterested(user);
+            }
         }
     }
 

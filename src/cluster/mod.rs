@@ -314,6 +314,17 @@ impl ClusterLink {
         &self.shared
     }
 
+    /// A link to no cluster task, registered as `incarnation` and ready, and
+    /// the receiving end of its commands: engine tests play the log.
+    #[cfg(test)]
+    pub(crate) fn detached(incarnation: u64) -> (ClusterLink, mpsc::UnboundedReceiver<Command>) {
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let shared = Arc::new(ClusterShared::default());
+        shared.incarnation.store(incarnation, Ordering::Release);
+        shared.ready.store(true, Ordering::Release);
+        (ClusterLink { commands, shared }, receiver)
+    }
+
     /// Asks for the presences of `users` (owned by `shard`) as of a log
     /// position no older than `since`; they come back as a `Snapshot`.
     pub fn fetch(&self, shard: u16, users: Vec<UserId>, since: u64) {

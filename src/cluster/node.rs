@@ -376,7 +376,10 @@ impl ClusterNode {
                 }
             }
             Command::QueryStatus { users, reply } => {
-                let (tx, request) = (self.fetched_tx.clone(), self.fetch_request(users.clone(), 0));
+                let (tx, request) = (
+                    self.fetched_tx.clone(),
+                    self.fetch_request(users.clone(), 0),
+                );
                 self.background.push(
                     async move {
                         let fetched = request.await;
@@ -659,13 +662,12 @@ impl ClusterNode {
     /// later), status answers at once.
     fn deliver_fetched(&mut self) {
         let read = self.replicator.last_seq();
-        let (ready, waiting): (Vec<FetchDone>, Vec<FetchDone>) =
-            std::mem::take(&mut self.deferred)
-                .into_iter()
-                .partition(|done| match done {
-                    FetchDone::Snapshot { fetched, .. } => fetched.as_of <= read,
-                    FetchDone::Status { .. } => true,
-                });
+        let (ready, waiting): (Vec<FetchDone>, Vec<FetchDone>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|done| match done {
+                FetchDone::Snapshot { fetched, .. } => fetched.as_of <= read,
+                FetchDone::Status { .. } => true,
+            });
         self.deferred = waiting;
         for done in ready {
             match done {
@@ -708,7 +710,10 @@ impl ClusterNode {
     }
 
     /// The fetched records whose writers hold a live lease now.
-    fn visible(&mut self, records: Vec<fetch::FetchedRecord>) -> Vec<crate::cluster::PresenceRecord> {
+    fn visible(
+        &mut self,
+        records: Vec<fetch::FetchedRecord>,
+    ) -> Vec<crate::cluster::PresenceRecord> {
         records
             .into_iter()
             .filter_map(|r| {

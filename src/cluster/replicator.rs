@@ -445,8 +445,14 @@ mod tests {
         let user = UserId(uuid::Uuid::new_v4());
         let session = SessionId(uuid::Uuid::new_v4());
         let presence = subjects.presence("b", 3, user, session);
-        log.replicator
-            .on_record(1, &presence, Operation::Put, &value.encode(), 1, &mut notices);
+        log.replicator.on_record(
+            1,
+            &presence,
+            Operation::Put,
+            &value.encode(),
+            1,
+            &mut notices,
+        );
         let lease = LeaseValue {
             state: LeaseState::Live,
             incarnation: 3,

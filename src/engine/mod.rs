@@ -94,6 +94,8 @@ pub mod stats;
 pub mod status_query;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cluster;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -204,6 +206,12 @@ impl EngineHandle {
     /// sent to it are never drained, so use it with one shard.
     pub fn standalone(config: EngineConfig) -> EngineHandle {
         EngineHandle::new(config, None)
+    }
+
+    /// As [`EngineHandle::standalone`], in cluster mode with `cluster`.
+    #[cfg(test)]
+    pub(crate) fn standalone_cluster(config: EngineConfig, cluster: ClusterLink) -> EngineHandle {
+        EngineHandle::new(config, Some(cluster))
     }
 
     fn new(config: EngineConfig, cluster: Option<ClusterLink>) -> EngineHandle {

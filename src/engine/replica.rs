@@ -238,10 +238,7 @@ impl Shard {
     /// Answers the session's waiting `status_update` if the log now holds its
     /// write (`change` or a later one).
     pub(super) fn log_acked(&mut self, key: SessionKey, change: u64) {
-        let Some(logged) = self
-            .entry_mut(key)
-            .and_then(|e| e.logged.as_deref_mut())
-        else {
+        let Some(logged) = self.entry_mut(key).and_then(|e| e.logged.as_deref_mut()) else {
             return;
         };
         match &logged.awaiting {
@@ -262,7 +259,10 @@ impl Shard {
     /// session follows it (its own sessions follow it from the start).
     fn interested(&self, user: UserId) -> bool {
         self.followers.followers_of(user).is_some()
-            || self.users.get(&user).is_some_and(|u| !u.interest.is_empty())
+            || self
+                .users
+                .get(&user)
+                .is_some_and(|u| !u.interest.is_empty())
     }
 
     /// Whether the replica of `user` is loaded (cluster mode; always true
@@ -390,10 +390,7 @@ impl Shard {
                     status: value.status,
                 };
                 let old = match position {
-                    Some(i) => Some(std::mem::replace(
-                        &mut replica.presences[i],
-                        new.clone(),
-                    )),
+                    Some(i) => Some(std::mem::replace(&mut replica.presences[i], new.clone())),
                     None => {
                         replica.presences.push(new.clone());
                         None
@@ -517,10 +514,11 @@ impl Shard {
             if !replica.presences.is_empty() {
                 ShardStats::gauge(&self.stats.users_online, 1);
             }
-            for record in buffer {
-                if record.seq > as_of {
-                    self.update_replica(record);
-                }
+            let (covered, after): (Vec<_>, Vec<_>) =
+                buffer.into_iter().partition(|r| r.seq <= as_of);
+            self.echo_own_changes(user, covered);
+            for record in after {
+                self.update_replica(record);
             }
             for grant in grants {
                 self.grant_loaded(grant);
@@ -531,6 +529,40 @@ impl Shard {
             if let Some(link) = self.cluster() {
                 link.fetch(self.index as u16, stale, self.replica_state.log_seq);
             }
+        }
+    }
+
+    /// While `user` loaded because a session of it connected here, that
+    /// session (following its own user from the start) made changes the
+    /// snapshot already holds: their events are still due to it (its own
+    /// join from `status=true` among them). Nobody else here follows the
+    /// user yet, so they go to its own sessions only. Each event's leave is
+    /// the session's previous change in the same window.
+    fn echo_own_changes(&mut self, user: UserId, covered: Vec<PresenceRecord>) {
+        let mut previous: AHashMap<SessionId, ReplicaPresence> = AHashMap::new();
+        for record in covered {
+            if !record.own || self.local_session(user, record.session).is_none() {
+                continue;
+            }
+            let new = record.value.map(|value| ReplicaPresence {
+                session: record.session,
+                origin: record.origin,
+                change: value.change,
+                username: value.username,
+                status: value.status,
+            });
+            let old = match &new {
+                Some(new) => previous.insert(record.session, new.clone()),
+                None => previous.remove(&record.session),
+            };
+            if old.is_none() && new.is_none() {
+                continue;
+            }
+            let event = StatusPresenceEvent {
+                joins: new.map(|p| presence_of_replica(user, &p)),
+                leaves: old.map(|p| presence_of_replica(user, &p)),
+            };
+            self.publish(user, event);
         }
     }
 

@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::admin::{AdminListener, AdminState};
-use crate::auth::{AccountStore, Tokens};
+use crate::auth::{Accounts, KnownUser, SqliteStore, Tokens};
 use crate::config::{AdminListen, Config};
 use crate::engine::{Engine, EngineConfig, EngineHandle, ShardContext};
 use crate::transport::{listener, tls, ServerState};
@@ -27,7 +27,7 @@ use crate::transport::{listener, tls, ServerState};
 /// A running server.
 pub struct Server {
     engine: Engine,
-    accounts: AccountStore,
+    accounts: Accounts,
     local_addr: SocketAddr,
     /// `None` with `--admin-listen off`.
     admin: Option<AdminListener>,
@@ -51,12 +51,7 @@ impl Server {
                     .with_context(|| format!("cannot listen on --admin-listen {addr}"))?,
             ),
         };
-        let (accounts, known) = AccountStore::open(&config.data_dir).with_context(|| {
-            format!(
-                "cannot open the account store in {}",
-                config.data_dir.display()
-            )
-        })?;
+        let (accounts, known) = open_accounts(&config)?;
         let directory: Vec<_> = known
             .into_iter()
             .map(|u| {
@@ -166,6 +161,17 @@ impl Server {
             "shutdown complete"
         );
     }
+}
+
+/// Opens the account store in `--data-dir`, with its whole user directory.
+fn open_accounts(config: &Config) -> anyhow::Result<(Accounts, Vec<KnownUser>)> {
+    let (store, known) = SqliteStore::open(&config.data_dir).with_context(|| {
+        format!(
+            "cannot open the account store in {}",
+            config.data_dir.display()
+        )
+    })?;
+    Ok((Arc::new(store), known))
 }
 
 /// The open-file soft limit minus a reserve for listeners, the store and HTTP requests.

@@ -3,9 +3,11 @@
 //!
 //! Start-up order: start the admin listener (so a bad address fails first,
 //! and `/healthz` answers while the rest starts; `/readyz` says 503), open
-//! the account store (and read the user directory), bind the listeners (so a
-//! busy port fails fast), start the shards (each loads its slice of the
-//! directory, then starts accepting), and only then mark the server ready.
+//! the account store (SQLite: read the user directory; Postgres: connect and
+//! upgrade the schema),
+//! bind the listeners (so a busy port fails fast), start the shards (each
+//! loads its slice of the directory, then starts accepting), and only then
+//! mark the server ready.
 //! Shutdown order: `/readyz` turns 503, the shards stop accepting and close
 //! every session with 1001, wait for them within the grace period, then the
 //! account store is flushed and closed, and the admin listener stops last.
@@ -19,7 +21,7 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::admin::{AdminListener, AdminState};
-use crate::auth::{Accounts, KnownUser, SqliteStore, Tokens};
+use crate::auth::{Accounts, KnownUser, PostgresStore, SqliteStore, Tokens};
 use crate::config::{AdminListen, Config};
 use crate::engine::{Engine, EngineConfig, EngineHandle, ShardContext};
 use crate::transport::{listener, tls, ServerState};
@@ -163,15 +165,26 @@ impl Server {
     }
 }
 
-/// Opens the account store in `--data-dir`, with its whole user directory.
+/// Opens the account store the configuration names: Postgres with
+/// `--database-url` (shared with other nodes, so no directory is loaded),
+/// else SQLite in `--data-dir` with its whole user directory.
 fn open_accounts(config: &Config) -> anyhow::Result<(Accounts, Vec<KnownUser>)> {
-    let (store, known) = SqliteStore::open(&config.data_dir).with_context(|| {
-        format!(
-            "cannot open the account store in {}",
-            config.data_dir.display()
-        )
-    })?;
-    Ok((Arc::new(store), known))
+    match &config.database_url {
+        Some(url) => {
+            // The error names the URL, redacted.
+            let store = PostgresStore::connect(url).context("cannot open the account store")?;
+            Ok((Arc::new(store), Vec::new()))
+        }
+        None => {
+            let (store, known) = SqliteStore::open(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot open the account store in {}",
+                    config.data_dir.display()
+                )
+            })?;
+            Ok((Arc::new(store), known))
+        }
+    }
 }
 
 /// The open-file soft limit minus a reserve for listeners, the store and HTTP requests.

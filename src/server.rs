@@ -4,7 +4,7 @@
 //! Start-up order: start the admin listener (so a bad address fails first,
 //! and `/healthz` answers while the rest starts; `/readyz` says 503), open
 //! the account store (SQLite: read the user directory; Postgres: connect and
-//! upgrade the schema),
+//! upgrade the schema, and users are looked up later as follows need them),
 //! bind the listeners (so a busy port fails fast), start the shards (each
 //! loads its slice of the directory, then starts accepting), and only then
 //! mark the server ready.
@@ -64,7 +64,10 @@ impl Server {
             })
             .collect();
 
-        let engine_config = EngineConfig::from_config(&config);
+        let mut engine_config = EngineConfig::from_config(&config);
+        if config.database_url.is_some() {
+            engine_config.shared_accounts = Some(accounts.clone());
+        }
         let listeners = listener::bind(config.listen, engine_config.shards)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listeners
@@ -166,8 +169,9 @@ impl Server {
 }
 
 /// Opens the account store the configuration names: Postgres with
-/// `--database-url` (shared with other nodes, so no directory is loaded),
-/// else SQLite in `--data-dir` with its whole user directory.
+/// `--database-url` (shared with other nodes; users are looked up as needed,
+/// so no directory is loaded), else SQLite in `--data-dir` with its whole
+/// user directory.
 fn open_accounts(config: &Config) -> anyhow::Result<(Accounts, Vec<KnownUser>)> {
     match &config.database_url {
         Some(url) => {

@@ -52,8 +52,21 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// Directory of the embedded account store (SQLite); created if missing.
+    /// Unused with `--database-url`.
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+
+    /// Keep accounts in Postgres instead of SQLite, shared by every node
+    /// given the same URL: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=MODE]`,
+    /// MODE one of disable, prefer (the default), require, verify-ca,
+    /// verify-full (the last two with `sslrootcert=FILE`).
+    #[arg(
+        long,
+        env = "HERALD_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<DatabaseUrl>,
 
     /// Server key that clients send as the Basic-auth user on REST calls.
     #[arg(long, env = "HERALD_SERVER_KEY", default_value = DEFAULT_SERVER_KEY, hide_default_value = true)]
@@ -143,11 +156,6 @@ pub struct Config {
     /// PEM private key for `--tls-cert`.
     #[arg(long, env = "HERALD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-
-    /// Postgres URL of the account store (`postgres://USER[:PASSWORD]@HOST:PORT/DB`);
-    /// without it accounts live in SQLite under `--data-dir`.
-    #[arg(long, env = "HERALD_DATABASE_URL", value_name = "URL")]
-    pub database_url: Option<String>,
 
     /// Cluster mode: NATS server URLs, comma-separated (`nats://HOST:PORT`, or
     /// `tls://` for TLS; credentials as `user:password@` or `token@`).
@@ -338,6 +346,92 @@ impl fmt::Display for AdminListen {
             AdminListen::Addr(addr) => addr.fmt(f),
         }
     }
+}
+
+/// `--database-url`: a Postgres URL, which may hold a password.
+///
+/// Parsing never fails here, so that no parse error (clap's, or the config
+/// file's) can echo the text: the URL is checked when the store connects, by
+/// errors that show it [redacted](DatabaseUrl::redacted). `Debug` and
+/// `Display` show it redacted too; only [`DatabaseUrl::expose`] gives the
+/// password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL as given, password included: for connecting, never for logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password (in the user part, or a `password=`
+    /// parameter) replaced by `***`. The user part is split where
+    /// tokio-postgres splits it: at the first `@`, then at the first `:`.
+    pub fn redacted(&self) -> String {
+        redact_database_url(&self.0)
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<DatabaseUrl, Self::Err> {
+        Ok(DatabaseUrl(text.to_owned()))
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({:?})", self.redacted())
+    }
+}
+
+/// See [`DatabaseUrl::redacted`].
+fn redact_database_url(url: &str) -> String {
+    const HIDDEN: &str = "***";
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + 3),
+        None => ("", url),
+    };
+    let (userinfo, after) = match rest.find('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at..]),
+        None => (None, rest),
+    };
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    if let Some(userinfo) = userinfo {
+        match userinfo.split_once(':') {
+            Some((user, _password)) => {
+                out.push_str(user);
+                out.push(':');
+                out.push_str(HIDDEN);
+            }
+            None => out.push_str(userinfo),
+        }
+    }
+    let (base, query) = match after.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (after, None),
+    };
+    out.push_str(base);
+    if let Some(query) = query {
+        out.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}={HIDDEN}"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push_str(&pairs.join("&"));
+    }
+    out
 }
 
 /// Why [`Config::load`] failed.
@@ -648,6 +742,52 @@ mod tests {
         ));
         assert!(matches!(load(&["--help"]), Err(LoadError::Args(_))));
         assert!(matches!(load(&["--version"]), Err(LoadError::Args(_))));
+    }
+
+    #[test]
+    fn a_database_url_shows_its_password_nowhere_but_expose() {
+        let secret = "s3cr%40t:x";
+        let text = format!(
+            "postgres://herald:{secret}@db.internal:5433/herald?sslmode=require&password=other"
+        );
+        let config = load(&["--database-url", &text]).expect("loads");
+        let url = config.database_url.clone().expect("a database url");
+        assert_eq!(url.expose(), text);
+        let redacted = url.redacted();
+        assert_eq!(
+            redacted,
+            "postgres://herald:***@db.internal:5433/herald?sslmode=require&password=***"
+        );
+        for shown in [redacted, url.to_string(), format!("{config:?}")] {
+            assert!(
+                !shown.contains("s3cr") && !shown.contains("other"),
+                "{shown}"
+            );
+        }
+        for (given, shown) in [
+            (
+                "postgres://herald@localhost/db",
+                "postgres://herald@localhost/db",
+            ),
+            (
+                "postgres://localhost/db?sslmode=disable",
+                "postgres://localhost/db?sslmode=disable",
+            ),
+            ("postgresql://u:p@h/d", "postgresql://u:***@h/d"),
+            ("not a url:p@x", "not a url:***@x"),
+        ] {
+            assert_eq!(DatabaseUrl(given.into()).redacted(), shown, "{given}");
+        }
+    }
+
+    #[test]
+    fn help_shows_no_database_url_value() {
+        let _guard = lock();
+        std::env::set_var("HERALD_DATABASE_URL", "postgres://u:hunter2@h/d");
+        let help = Config::command().render_long_help().to_string();
+        std::env::remove_var("HERALD_DATABASE_URL");
+        assert!(help.contains("--database-url <URL>"), "{help}");
+        assert!(!help.contains("hunter2"), "{help}");
     }
 
     /// Every setting is in the example file, and its values are the defaults.

@@ -43,6 +43,8 @@ fn main() -> std::process::ExitCode {
         config = %config.config.as_deref().map_or("(none)".into(), |p| p.display().to_string()),
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
+        // Redacted: the password never reaches a log.
+        database_url = %config.database_url.as_ref().map_or("(none: SQLite in data_dir)".into(), |url| url.redacted()),
         shards = config.shard_count(),
         max_message_bytes = config.max_message_bytes,
         outgoing_queue_bytes = config.outgoing_queue_bytes,

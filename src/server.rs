@@ -3,9 +3,11 @@
 //!
 //! Start-up order: start the admin listener (so a bad address fails first,
 //! and `/healthz` answers while the rest starts; `/readyz` says 503), open
-//! the account store (and read the user directory), bind the listeners (so a
-//! busy port fails fast), start the shards (each loads its slice of the
-//! directory, then starts accepting), and only then mark the server ready.
+//! the account store (SQLite: read the user directory; Postgres: connect and
+//! upgrade the schema, and users are looked up later as follows need them),
+//! bind the listeners (so a busy port fails fast), start the shards (each
+//! loads its slice of the directory, then starts accepting), and only then
+//! mark the server ready.
 //! Shutdown order: `/readyz` turns 503, the shards stop accepting and close
 //! every session with 1001, wait for them within the grace period, then the
 //! account store is flushed and closed, and the admin listener stops last.
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::admin::{AdminListener, AdminState};
-use crate::auth::{AccountStore, Tokens};
+use crate::auth::{Accounts, KnownUser, PostgresStore, SqliteStore, Tokens};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{AdminListen, Config};
 use crate::engine::{Engine, EngineConfig, EngineHandle, ShardContext};
@@ -30,7 +32,7 @@ pub struct Server {
     engine: Engine,
     /// Cluster mode: the NATS side (see [`crate::cluster`]).
     cluster: Option<Cluster>,
-    accounts: AccountStore,
+    accounts: Accounts,
     local_addr: SocketAddr,
     /// `None` with `--admin-listen off`.
     admin: Option<AdminListener>,
@@ -54,12 +56,7 @@ impl Server {
                     .with_context(|| format!("cannot listen on --admin-listen {addr}"))?,
             ),
         };
-        let (accounts, known) = AccountStore::open(&config.data_dir).with_context(|| {
-            format!(
-                "cannot open the account store in {}",
-                config.data_dir.display()
-            )
-        })?;
+        let (accounts, known) = open_accounts(&config)?;
         let directory: Vec<_> = known
             .into_iter()
             .map(|u| {
@@ -82,7 +79,10 @@ impl Server {
             None => None,
         };
 
-        let engine_config = EngineConfig::from_config(&config);
+        let mut engine_config = EngineConfig::from_config(&config);
+        if config.database_url.is_some() {
+            engine_config.shared_accounts = Some(accounts.clone());
+        }
         let listeners = listener::bind(config.listen, engine_config.shards)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listeners
@@ -206,6 +206,29 @@ impl Server {
 const CLUSTER_READY_LIMIT: Duration = Duration::from_secs(60);
 /// Bound of each clean-stop step of a cluster node.
 const CLUSTER_STOP_STEP: Duration = Duration::from_secs(2);
+
+/// Opens the account store the configuration names: Postgres with
+/// `--database-url` (shared with other nodes; users are looked up as needed,
+/// so no directory is loaded), else SQLite in `--data-dir` with its whole
+/// user directory.
+fn open_accounts(config: &Config) -> anyhow::Result<(Accounts, Vec<KnownUser>)> {
+    match &config.database_url {
+        Some(url) => {
+            // The error names the URL, redacted.
+            let store = PostgresStore::connect(url).context("cannot open the account store")?;
+            Ok((Arc::new(store), Vec::new()))
+        }
+        None => {
+            let (store, known) = SqliteStore::open(&config.data_dir).with_context(|| {
+                format!(
+                    "cannot open the account store in {}",
+                    config.data_dir.display()
+                )
+            })?;
+            Ok((Arc::new(store), known))
+        }
+    }
+}
 
 /// The open-file soft limit minus a reserve for listeners, the store and HTTP requests.
 fn default_max_connections() -> usize {

@@ -29,6 +29,10 @@
 //! * whether U exists (the directory); usernames are owned by the shard of
 //!   the username's hash.
 //!
+//! With an account store other nodes share (Postgres), the directory only
+//! holds the users this node has met; a process-wide set of them
+//! ([`directory`]) tells a follow which users to look up in the store first.
+//!
 //! Follower sets are sharded **by follower**: each shard keeps, for every
 //! user U anywhere, the set of *its own* sessions that follow U. A session's
 //! requests therefore only ever touch its home shard's state, plus messages.
@@ -82,6 +86,7 @@
 //! the edge on T first, then send `Unfollowed` so S stops sending there.
 
 pub mod commands;
+pub mod directory;
 pub mod event;
 pub mod follow_graph;
 pub mod inbox;
@@ -105,6 +110,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 pub use commands::Outcome;
+use directory::{Misses, SharedDirectory};
 use inbox::{Inbox, ShardMsg};
 pub use outbox::{CloseCause, Outbox, Push};
 use routing::Router;
@@ -113,6 +119,7 @@ pub use shard::{SessionKey, SessionSpec, Shard};
 use stats::{ShardStats, StatsSnapshot};
 use status_query::UserStatus;
 
+use crate::auth::{AccountError, Accounts};
 use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::ids::{SessionId, UserId};
@@ -137,6 +144,10 @@ pub struct EngineConfig {
     pub single_socket: bool,
     /// How long shards keep running after shutdown begins, at most.
     pub shutdown_grace: std::time::Duration,
+    /// The account store when other nodes share it (Postgres): follows look
+    /// up there the users this node does not know yet ([`directory`]).
+    /// `None`: the directory given to [`Engine::start`] is complete (SQLite).
+    pub shared_accounts: Option<Accounts>,
 }
 
 impl Default for EngineConfig {
@@ -154,6 +165,7 @@ impl Default for EngineConfig {
             follow_rate: 0,
             single_socket: false,
             shutdown_grace: std::time::Duration::from_secs(3),
+            shared_accounts: None,
         }
     }
 }
@@ -178,6 +190,7 @@ impl EngineConfig {
             follow_rate: config.follow_rate,
             single_socket: config.single_socket,
             shutdown_grace: std::time::Duration::from_secs(config.shutdown_grace_sec),
+            shared_accounts: None,
         }
     }
 }
@@ -192,6 +205,8 @@ struct Shared {
     shutting_down: AtomicBool,
     /// Cluster mode: where status changes go (see [`crate::cluster`]).
     cluster: Option<ClusterLink>,
+    /// The users known here, in shared-store mode only.
+    directory: Option<SharedDirectory>,
 }
 
 /// A cloneable, thread-safe handle to the running shards.
@@ -223,6 +238,7 @@ impl EngineHandle {
                 stats: (0..shards)
                     .map(|_| Arc::new(ShardStats::default()))
                     .collect(),
+                directory: config.shared_accounts.clone().map(SharedDirectory::new),
                 config,
                 started: Instant::now(),
                 shutting_down: AtomicBool::new(false),
@@ -271,9 +287,10 @@ impl EngineHandle {
         self.send(shard, ShardMsg::Run(Box::new(run)));
     }
 
-    /// Announces a user account (new, or first seen in a token) to the shards
-    /// that own its id and its username. Resolves once both have recorded it,
-    /// so a follow issued after this returns finds the user.
+    /// Announces a user account (new, first seen in a token, or found by a
+    /// follow's lookup) to the shards that own its id and its username.
+    /// Resolves once both have recorded it, so a follow issued after this
+    /// returns finds the user.
     pub async fn register_user(&self, user: UserId, username: &str) {
         let router = self.router();
         let (id_shard, name_shard) = (router.shard_of_user(user), router.shard_of_name(username));
@@ -302,6 +319,32 @@ impl EngineHandle {
         }
         for wait in waits {
             let _ = wait.await;
+        }
+        if let Some(directory) = &self.shared.directory {
+            directory.remember(user, &username);
+        }
+    }
+
+    /// In shared-store mode, the users known on this node ([`directory`]).
+    pub fn directory(&self) -> Option<&SharedDirectory> {
+        self.shared.directory.as_ref()
+    }
+
+    /// Notes that the owner shard of `user` has recorded it (a session of a
+    /// user it did not know connected there). Only shared-store mode keeps count.
+    pub fn user_connected(&self, user: UserId) {
+        if let Some(directory) = &self.shared.directory {
+            directory.remember_id(user);
+        }
+    }
+
+    /// Looks a follow's unknown users up in the shared store and registers
+    /// those found (see [`directory`]). Without a shared store there is
+    /// nothing to find: the directory is complete.
+    pub async fn look_up(&self, misses: Misses) -> Result<(), AccountError> {
+        match &self.shared.directory {
+            Some(directory) => directory.look_up(self, misses).await,
+            None => Ok(()),
         }
     }
 

@@ -26,7 +26,7 @@ pub mod writer;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use crate::auth::{AccountStore, Tokens};
+use crate::auth::{Accounts, Tokens};
 use crate::config::Config;
 
 /// What every shard's transport shares: settings, token keys, the account
@@ -34,7 +34,7 @@ use crate::config::Config;
 pub struct ServerState {
     pub config: Config,
     pub tokens: Arc<Tokens>,
-    pub accounts: AccountStore,
+    pub accounts: Accounts,
     /// Open websocket sessions, against `max_connections`.
     pub websockets: AtomicUsize,
     /// Most websocket sessions at once; past it the upgrade gets 503.

@@ -44,7 +44,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{AccountError, AccountStore, IdKind, Tokens, Vars};
+use crate::auth::{AccountError, Accounts, IdKind, Tokens, Vars};
 use crate::engine::stats::{AuthResult, ShardStats};
 use crate::engine::EngineHandle;
 
@@ -56,7 +56,7 @@ pub struct RestContext {
     /// Mints session and refresh tokens, verifies refresh tokens.
     pub tokens: Arc<Tokens>,
     /// Finds and creates accounts.
-    pub accounts: AccountStore,
+    pub accounts: Accounts,
     /// Compared (constant time) with the Basic-auth user name.
     pub server_key: String,
     /// Told about each authenticated account before the response goes out.

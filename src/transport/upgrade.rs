@@ -231,6 +231,8 @@ fn start_session<S: SessionIo>(
     };
     let (key, first_seen) = ctx.shard.borrow_mut().connect(spec);
     if first_seen {
+        // This shard owns the user's id and has just recorded it.
+        ctx.engine.user_connected(claims.user_id);
         record_external_user(ctx, &state, &claims);
     }
     let max_message = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);

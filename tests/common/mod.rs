@@ -12,9 +12,13 @@
 //! Every wait is bounded ([`WAIT`] by default). JSON from the server is parsed
 //! with `serde_json`, never with Herald's own codec.
 //!
+//! [`postgres`] runs a real PostgreSQL server for the tests of `--database-url`.
+//!
 //! Each test file compiles this module separately and uses a different part
 //! of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
+
+pub mod postgres;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -66,24 +70,29 @@ impl TestServer {
 
     /// A server with test defaults and `tweak` applied to its configuration.
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::try_start_with(tweak).expect("the server starts")
+    }
+
+    /// As [`TestServer::start_with`]; `Err` holds the start-up error with its causes.
+    pub fn try_start_with(tweak: impl FnOnce(&mut Config)) -> Result<TestServer, String> {
         let dir = tempfile::tempdir().expect("a temporary data directory");
         let listen: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
         let mut config = Config::for_tests(listen, dir.path().to_path_buf());
         config.shards = 2;
         config.log_level = "warn".into();
         tweak(&mut config);
-        TestServer::run(config, dir)
+        TestServer::try_run(config, dir)
     }
 
-    fn run(config: Config, dir: tempfile::TempDir) -> TestServer {
-        let server = Server::start(config.clone()).expect("the server starts");
+    fn try_run(config: Config, dir: tempfile::TempDir) -> Result<TestServer, String> {
+        let server = Server::start(config.clone()).map_err(|error| format!("{error:#}"))?;
         let addr = server.local_addr();
-        TestServer {
+        Ok(TestServer {
             server: Some(server),
             addr,
             config,
             dir: Some(dir),
-        }
+        })
     }
 
     /// Shuts the server down and starts a new one on the same data
@@ -91,7 +100,7 @@ impl TestServer {
     pub fn restart(mut self) -> TestServer {
         self.stop();
         let dir = self.dir.take().expect("the data directory");
-        TestServer::run(self.config.clone(), dir)
+        TestServer::try_run(self.config.clone(), dir).expect("the server starts again")
     }
 
     /// Shuts the server down, waiting for it.

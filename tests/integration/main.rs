@@ -17,6 +17,7 @@ mod handshake;
 mod keepalive;
 mod limits;
 mod mass_disconnect;
+mod postgres;
 mod process;
 mod protobuf;
 mod rest;

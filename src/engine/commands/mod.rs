@@ -8,6 +8,7 @@
 //! and the connection reads nothing further from the client until then, so
 //! replies always come in request order.
 
+mod follow_lookup;
 mod ping;
 mod status_follow;
 mod status_unfollow;

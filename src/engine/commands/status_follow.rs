@@ -11,8 +11,11 @@
 //! `--follow-rate`, the ids and usernames asked for count against a per-second
 //! budget (`Follow rate limit exceeded`, session stays open).
 //!
-//! Protocol between shards. Phase 1 (only with usernames): each name goes to
-//! the shard that owns it and comes back as an id. Phase 2: the ids are
+//! Protocol between shards. Phase 0 (only with a shared account store, and
+//! only for users this node has not met): they are looked up in the store
+//! and registered with the shards first ([`super::follow_lookup`]). Phase 1
+//! (only with usernames): each name goes to the shard that owns it and
+//! comes back as an id. Phase 2: the ids are
 //! grouped by owner shard; each owner, in one step, checks the user exists,
 //! counts the new edge and takes the snapshot, then answers. The requesting
 //! shard adds the edge to its follower index when the answer arrives. Events
@@ -60,11 +63,31 @@ impl Shard {
         let mut names: Vec<String> = usernames.into_iter().filter(|n| **n != *own_name).collect();
         names.sort_unstable();
         names.dedup();
+        let follow_unknown_ids = self.engine.config().follow_unknown_ids;
+        let misses = self
+            .engine
+            .directory()
+            .map(|directory| directory.misses(&users, &names, follow_unknown_ids));
+        match misses {
+            Some(misses) if !misses.is_empty() => {
+                self.look_up_then_follow(key, cid, users, names, misses)
+            }
+            _ => self.resolve_and_follow(key, cid, users, names),
+        }
+    }
+
+    /// Phase 1: resolves `names` on the shards that own them, then follows
+    /// them and `users` (phase 2).
+    pub(super) fn resolve_and_follow(
+        &mut self,
+        key: SessionKey,
+        cid: String,
+        mut users: Vec<UserId>,
+        names: Vec<String>,
+    ) -> Outcome {
         if names.is_empty() {
             return self.follow_users(key, cid, users);
         }
-
-        // Phase 1: resolve usernames on the shards that own them.
         let router = self.engine.router().clone();
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); router.shards()];
         for name in names {

@@ -1,5 +1,7 @@
-//! The embedded account store: user ids, usernames, custom ids and device
-//! ids in one SQLite file (`<data_dir>/herald.sqlite3`).
+//! The embedded account store, the default behind [`AccountStore`]: user
+//! ids, usernames, custom ids and device ids in one SQLite file
+//! (`<data_dir>/herald.sqlite3`). This process is its only writer, so the
+//! user directory [`SqliteStore::open`] returns is complete.
 //!
 //! Threads: one dedicated thread (`herald-accounts`) owns the
 //! `rusqlite::Connection`; nothing else ever touches it. Callers on any tokio
@@ -36,7 +38,7 @@
 //! would make every acknowledged commit survive power loss too, at the price
 //! of an fsync per batch; Herald does not offer it today.
 //!
-//! Lifecycle: [`AccountStore::open`] starts the thread. It stops when
+//! Lifecycle: [`SqliteStore::open`] starts the thread. It stops when
 //! [`AccountStore::shutdown`] is awaited or the last clone is dropped: it
 //! finishes the jobs queued before the stop request, runs
 //! `PRAGMA wal_checkpoint(TRUNCATE)`, closes the connection and exits. Jobs
@@ -44,7 +46,7 @@
 //! last clone blocks the dropping thread until the store thread has exited,
 //! so a store reopened afterwards sees everything.
 //!
-//! One process per data directory: [`AccountStore::open`] takes an exclusive
+//! One process per data directory: [`SqliteStore::open`] takes an exclusive
 //! file lock (`flock` on Linux) on `<data_dir>/herald.lock`, and the store
 //! thread releases it after closing the database (before acknowledging a
 //! shutdown). A second herald pointed at the same directory fails to start
@@ -55,7 +57,9 @@
 //! usernames are plain data whatever characters they contain. Length and
 //! character rules are the REST layer's job (`transport::rest`).
 
-use std::path::{Path, PathBuf};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -65,6 +69,10 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::store::{
+    generate_username, no_free_username, Account, AccountError, AccountStore, IdKind, KnownUser,
+    StoreError, StoreFuture, USERNAME_ATTEMPTS,
+};
 use crate::ids::UserId;
 
 /// File name of the database inside the data directory.
@@ -79,9 +87,6 @@ pub const MAX_BATCH: usize = 256;
 /// How long a batch of background jobs only waits for more to share its
 /// commit. A job someone waits for never waits for this.
 pub const BACKGROUND_LINGER: Duration = Duration::from_millis(5);
-
-/// Attempts at finding a free generated username before giving up.
-const USERNAME_ATTEMPTS: usize = 64;
 
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -99,82 +104,6 @@ CREATE TABLE IF NOT EXISTS user_device (
 );
 CREATE INDEX IF NOT EXISTS user_device_user_id ON user_device (user_id);
 ";
-
-/// Which identifier namespace an authenticate call uses. Custom and device ids
-/// are separate: the same string may name one account as a custom id and
-/// another as a device id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IdKind {
-    Custom,
-    Device,
-}
-
-/// An account as authenticate and lookups return it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
-    pub user_id: UserId,
-    /// The stored username. Never empty for accounts made by authenticate;
-    /// empty for an external user stored without one (see
-    /// [`AccountStore::record_external`]).
-    pub username: String,
-    /// True only for the call that created the account.
-    pub created: bool,
-}
-
-/// One row of the user directory, handed to the engine at start-up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KnownUser {
-    pub user_id: UserId,
-    /// Empty when the user has no username (see [`Account::username`]).
-    pub username: String,
-}
-
-/// Opening the store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot create data directory {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("data directory {path} is in use by another herald process (it holds a lock on {LOCK_FILE_NAME})")]
-    InUse { path: PathBuf },
-    #[error("cannot lock data directory {path}: {source}")]
-    Lock {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("account database {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("account database {path}: journal_mode is {mode}, WAL could not be enabled")]
-    NoWal { path: PathBuf, mode: String },
-    #[error("account database {path}: schema version {found} is newer than this build ({SCHEMA_VERSION})")]
-    SchemaTooNew { path: PathBuf, found: i64 },
-    #[error("account database {path}: user id {id:?} is not a UUID")]
-    CorruptUserId { path: PathBuf, id: String },
-    #[error("cannot start the account store thread: {0}")]
-    Thread(std::io::Error),
-}
-
-/// An account request failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AccountError {
-    /// No account has this id and creation was not allowed.
-    #[error("User account not found.")]
-    NotFound,
-    /// The requested username belongs to another account.
-    #[error("Username is already in use.")]
-    UsernameTaken,
-    /// SQLite failed; the text is for logs, not for clients.
-    #[error("account store error: {0}")]
-    Store(String),
-    /// The store thread has stopped.
-    #[error("account store is shut down")]
-    Closed,
-}
 
 impl From<rusqlite::Error> for AccountError {
     fn from(error: rusqlite::Error) -> Self {
@@ -205,7 +134,7 @@ enum Message {
 
 /// Handle to the store thread. Cheap to clone; `Send + Sync`.
 #[derive(Clone)]
-pub struct AccountStore {
+pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
@@ -232,17 +161,17 @@ impl Drop for Inner {
     }
 }
 
-impl std::fmt::Debug for AccountStore {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AccountStore").finish_non_exhaustive()
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
     }
 }
 
-impl AccountStore {
+impl SqliteStore {
     /// Creates `data_dir` and the database if needed, applies the schema,
     /// starts the store thread, and returns every known user so the engine
     /// can load its directory.
-    pub fn open(data_dir: &Path) -> Result<(AccountStore, Vec<KnownUser>), StoreError> {
+    pub fn open(data_dir: &Path) -> Result<(SqliteStore, Vec<KnownUser>), StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
             path: data_dir.to_path_buf(),
             source,
@@ -271,8 +200,9 @@ impl AccountStore {
             .map_err(sqlite)?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::SchemaTooNew {
-                path,
+                place: path.display().to_string(),
                 found: version,
+                supported: SCHEMA_VERSION,
             });
         }
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
@@ -299,67 +229,13 @@ impl AccountStore {
             .name("herald-accounts".into())
             .spawn(move || run(conn, receiver, lock))
             .map_err(StoreError::Thread)?;
-        let store = AccountStore {
+        let store = SqliteStore {
             inner: Arc::new(Inner {
                 sender,
                 thread: Mutex::new(Some(thread)),
             }),
         };
         Ok((store, known))
-    }
-
-    /// Finds the account with this custom or device id, creating it when
-    /// `create` is set (Nakama §9.1):
-    /// * existing id → that account, `created = false`; `username` is ignored;
-    /// * unknown id and `!create` → [`AccountError::NotFound`];
-    /// * `username` taken by another account → [`AccountError::UsernameTaken`];
-    /// * `username` `None` (or empty) → 10 random ASCII letters, retried on a collision.
-    ///
-    /// New user ids are random UUIDv4s.
-    pub async fn authenticate(
-        &self,
-        kind: IdKind,
-        id: String,
-        username: Option<String>,
-        create: bool,
-    ) -> Result<Account, AccountError> {
-        self.call(Urgency::Request, move |conn| {
-            authenticate_in(conn, kind, &id, username.as_deref(), create)
-        })
-        .await
-    }
-
-    /// Records a user first seen in a token minted by a real Nakama. Inserts
-    /// it (without custom or device id) if unknown. Returns the username now
-    /// stored for it: the given one, or `None` when it was empty or another
-    /// user already holds it (the user is then stored without a username, so
-    /// usernames stay unique). For an already known user, returns what is
-    /// stored and changes nothing.
-    pub async fn record_external(
-        &self,
-        user_id: UserId,
-        username: String,
-    ) -> Result<Option<String>, AccountError> {
-        self.call(Urgency::Background, move |conn| {
-            record_external_in(conn, user_id, &username)
-        })
-        .await
-    }
-
-    /// Looks an account up by user id (`created` is always false).
-    pub async fn get(&self, user_id: UserId) -> Result<Option<Account>, AccountError> {
-        self.call(Urgency::Request, move |conn| get_in(conn, user_id))
-            .await
-    }
-
-    /// Stops the store thread: queued work is finished and committed, the WAL
-    /// is checkpointed into the main file, and the connection is closed.
-    /// Later calls on any clone fail with [`AccountError::Closed`]. Idempotent.
-    pub async fn shutdown(&self) {
-        let (ack, done) = oneshot::channel();
-        if self.inner.sender.send(Message::Shutdown(ack)).is_ok() {
-            let _ = done.await;
-        }
     }
 
     /// Sends `work` to the store thread and waits for its committed result.
@@ -385,6 +261,51 @@ impl AccountStore {
             .send(Message::Job(job, urgency))
             .map_err(|_| AccountError::Closed)?;
         answer.await.map_err(|_| AccountError::Closed)?
+    }
+}
+
+impl AccountStore for SqliteStore {
+    fn authenticate(
+        &self,
+        kind: IdKind,
+        id: String,
+        username: Option<String>,
+        create: bool,
+    ) -> StoreFuture<'_, Account> {
+        Box::pin(self.call(Urgency::Request, move |conn| {
+            authenticate_in(conn, kind, &id, username.as_deref(), create)
+        }))
+    }
+
+    fn record_external(
+        &self,
+        user_id: UserId,
+        username: String,
+    ) -> StoreFuture<'_, Option<String>> {
+        Box::pin(self.call(Urgency::Background, move |conn| {
+            record_external_in(conn, user_id, &username)
+        }))
+    }
+
+    fn get(&self, user_id: UserId) -> StoreFuture<'_, Option<Account>> {
+        Box::pin(self.call(Urgency::Request, move |conn| get_in(conn, user_id)))
+    }
+
+    fn lookup(&self, ids: Vec<UserId>, usernames: Vec<String>) -> StoreFuture<'_, Vec<KnownUser>> {
+        Box::pin(self.call(Urgency::Request, move |conn| {
+            lookup_in(conn, &ids, &usernames)
+        }))
+    }
+
+    /// Stops the store thread: queued work is finished and committed, the WAL
+    /// is checkpointed into the main file, and the connection is closed.
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let (ack, done) = oneshot::channel();
+            if self.inner.sender.send(Message::Shutdown(ack)).is_ok() {
+                let _ = done.await;
+            }
+        })
     }
 }
 
@@ -633,6 +554,43 @@ fn get_in(conn: &Connection, user_id: UserId) -> Result<Option<Account>, Account
     }))
 }
 
+/// The users with these ids or usernames (SQLite has no `= ANY`: one
+/// indexed lookup per item; a follow request holds about a hundred at most).
+fn lookup_in(
+    conn: &Connection,
+    ids: &[UserId],
+    usernames: &[String],
+) -> Result<Vec<KnownUser>, AccountError> {
+    let mut found: Vec<KnownUser> = Vec::new();
+    let mut by_id = conn.prepare_cached("SELECT id, username FROM users WHERE id = ?1")?;
+    let mut by_name = conn.prepare_cached("SELECT id, username FROM users WHERE username = ?1")?;
+    let mut id_text = [0u8; 36];
+    for id in ids {
+        let row = by_id
+            .query_row([id.encode(&mut id_text)], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .optional()?;
+        found.extend(row.map(known_user).transpose()?);
+    }
+    for name in usernames {
+        let row = by_name
+            .query_row([name], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        found.extend(row.map(known_user).transpose()?);
+    }
+    found.sort_unstable();
+    found.dedup();
+    Ok(found)
+}
+
+fn known_user((id, username): (String, Option<String>)) -> Result<KnownUser, AccountError> {
+    Ok(KnownUser {
+        user_id: parse_stored_id(&id)?,
+        username: username.unwrap_or_default(),
+    })
+}
+
 fn username_taken(conn: &Connection, username: &str) -> Result<bool, AccountError> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM users WHERE username = ?1")?
@@ -649,33 +607,7 @@ fn free_generated_username(conn: &Connection) -> Result<String, AccountError> {
             return Ok(candidate);
         }
     }
-    Err(AccountError::Store(
-        "no free generated username after many attempts".into(),
-    ))
-}
-
-/// 10 letters from `[a-zA-Z]`, like Nakama's `generateUsername`. The random
-/// bytes come from UUIDv4 generation (the `uuid` crate's `fast-rng`), which
-/// saves a direct RNG dependency; the bytes holding the fixed version and
-/// variant bits are skipped, and rejection sampling keeps letters uniform.
-pub(crate) fn generate_username() -> String {
-    const ALPHABET: &[u8; 52] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    const LENGTH: usize = 10;
-    let mut name = String::with_capacity(LENGTH);
-    while name.len() < LENGTH {
-        let bytes = Uuid::new_v4().into_bytes();
-        for (index, byte) in bytes.iter().enumerate() {
-            // Byte 6 carries the version nibble, byte 8 the variant bits.
-            if index == 6 || index == 8 || *byte >= 208 {
-                continue;
-            }
-            name.push(char::from(ALPHABET[usize::from(*byte % 52)]));
-            if name.len() == LENGTH {
-                break;
-            }
-        }
-    }
-    name
+    Err(no_free_username())
 }
 
 #[cfg(test)]
@@ -684,8 +616,8 @@ mod tests {
 
     use super::*;
 
-    fn open(dir: &Path) -> (AccountStore, Vec<KnownUser>) {
-        AccountStore::open(dir).expect("open store")
+    fn open(dir: &Path) -> (SqliteStore, Vec<KnownUser>) {
+        SqliteStore::open(dir).expect("open store")
     }
 
     /// A storm of background records (more than one batch) mixed with
@@ -770,6 +702,48 @@ mod tests {
         let fetched = store.get(created.user_id).await.expect("get");
         assert_eq!(fetched.map(|a| a.username), Some("alice".to_string()));
         assert_eq!(store.get(UserId(Uuid::new_v4())).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn lookup_finds_users_by_id_and_by_name_each_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = open(dir.path());
+        let alice = store
+            .authenticate(
+                IdKind::Custom,
+                "custom-alice".into(),
+                Some("alice".into()),
+                true,
+            )
+            .await
+            .expect("create");
+        let external = UserId(Uuid::new_v4());
+        store
+            .record_external(external, "".into())
+            .await
+            .expect("record");
+        let nobody = UserId(Uuid::new_v4());
+        let mut found = store
+            .lookup(
+                vec![alice.user_id, external, nobody],
+                vec!["alice".into(), "nobody".into()],
+            )
+            .await
+            .expect("lookup");
+        found.sort();
+        let mut expected = vec![
+            KnownUser {
+                user_id: alice.user_id,
+                username: "alice".into(),
+            },
+            KnownUser {
+                user_id: external,
+                username: String::new(),
+            },
+        ];
+        expected.sort();
+        assert_eq!(found, expected);
+        assert_eq!(store.lookup(Vec::new(), Vec::new()).await, Ok(Vec::new()));
     }
 
     #[tokio::test]
@@ -884,7 +858,7 @@ mod tests {
     async fn a_second_store_on_the_same_directory_is_refused_until_the_first_closes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = open(dir.path());
-        match AccountStore::open(dir.path()) {
+        match SqliteStore::open(dir.path()) {
             Err(StoreError::InUse { path }) => assert_eq!(path, dir.path()),
             other => panic!("expected InUse, got {:?}", other.map(|_| ())),
         }
@@ -1024,15 +998,6 @@ mod tests {
                 .await
                 .expect("find");
             assert!(!found.created);
-        }
-    }
-
-    #[test]
-    fn generated_usernames_are_ten_ascii_letters() {
-        for _ in 0..1000 {
-            let name = generate_username();
-            assert_eq!(name.len(), 10);
-            assert!(name.bytes().all(|b| b.is_ascii_alphabetic()), "{name}");
         }
     }
 }

@@ -39,7 +39,7 @@
 //! # Threads
 //!
 //! One OS thread (`herald-cluster`) runs a current-thread tokio runtime with
-//! the NATS client and one task, [`node::ClusterNode`], that owns all cluster
+//! the NATS client and one task ([`node`]), that owns all cluster
 //! state: the watch, the lease table, the writer's per-session queues, the
 //! membership state machine. Shards reach it through an unbounded channel
 //! ([`ClusterLink`]); it reaches the shards through their inboxes. Nothing

@@ -1,4 +1,4 @@
-//! [`ClusterNode`]: the one task on the cluster thread. It owns the NATS
+//! `ClusterNode`: the one task on the cluster thread. It owns the NATS
 //! client and every piece of cluster state, and reacts to five sources in
 //! one loop: connection events, commands from the shards and the admin
 //! thread, the watch of the log, finished publishes, and a 100 ms tick for

@@ -91,7 +91,7 @@ pub mod event;
 pub mod follow_graph;
 pub mod inbox;
 pub mod outbox;
-mod replica;
+pub mod replica;
 pub mod routing;
 pub mod runtime;
 pub mod shard;

@@ -5,7 +5,7 @@
 //! # What a shard keeps
 //!
 //! The shard that owns user U keeps U's presences on all nodes (every
-//! session of U with a status, [`ReplicaPresence`]) **only while U is of
+//! session of U with a status, `ReplicaPresence`) **only while U is of
 //! interest on this node**: a local session belongs to U, or a local session
 //! follows U. So a node's memory grows with its own sessions and the users
 //! they follow, not with the cluster. Records of other users are read and
@@ -24,12 +24,12 @@
 //! Once loaded, only the node's replicator changes the replica, through
 //! `ApplyPresence` and `DropOrigin` messages in log order; each change is
 //! fanned out to the local followers through the single-node path
-//! ([`Shard::publish`]), with the replica's previous status as the leave.
+//! (`Shard::publish`), with the replica's previous status as the leave.
 //!
 //! # Writes
 //!
 //! A local session's own changes take the same road: `status_update` writes
-//! to the log ([`Shard::log_status`]) and waits; the record coming back (or
+//! to the log (`Shard::log_status`) and waits; the record coming back (or
 //! the log's acknowledgement, whichever is first) answers the request, and
 //! the record's event reaches followers here like anyone else's. The answer
 //! is queued before the session's own echo of its change.

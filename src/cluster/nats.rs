@@ -32,6 +32,13 @@ const MIN_SERVER: (u64, u64) = (2, 11);
 const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 /// How long JetStream remembers a message id to drop a retried duplicate.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Versions the stream keeps of each key. A watch reads every version still
+/// in the stream; with only the latest kept, a session updating faster than
+/// a watch delivers (a burst of a few updates within a millisecond) would
+/// have its intermediate statuses superseded before some node read them.
+/// Eight covers any burst but a client flooding updates, and costs at most
+/// eight small records per session (a purge removes them all).
+pub const HISTORY: i64 = 8;
 /// Largest value: a 2048-byte status, a username and the header fit easily.
 const MAX_VALUE_BYTES: i32 = 8192;
 
@@ -187,9 +194,9 @@ pub fn jetstream(client: Client) -> jetstream::Context {
         .build(client)
 }
 
-/// Creates the presence log's stream if it is missing (a KV bucket with one
-/// message per key, per-message TTL for purge markers); an existing one is
-/// kept, with TTL enabled if it was not.
+/// Creates the presence log's stream if it is missing (a KV bucket keeping
+/// [`HISTORY`] versions per key, per-message TTL for purge markers); an
+/// existing one is kept, with TTL and the history raised if they were not.
 pub async fn ensure_stream(
     js: &jetstream::Context,
     config: &ClusterConfig,
@@ -207,12 +214,13 @@ pub async fn ensure_stream(
                 .await
                 .map_err(|e| fail(e.to_string()))?
                 .clone();
-            if !info.config.allow_message_ttl {
+            if !info.config.allow_message_ttl || info.config.max_messages_per_subject < HISTORY {
                 let mut updated = info.config.clone();
                 updated.allow_message_ttl = true;
+                updated.max_messages_per_subject = HISTORY;
                 js.update_stream(updated)
                     .await
-                    .map_err(|e| fail(format!("cannot enable per-message TTL: {e}")))?;
+                    .map_err(|e| fail(format!("cannot update it: {e}")))?;
             }
             if info.config.num_replicas != usize::from(config.replicas) {
                 tracing::warn!(
@@ -235,7 +243,7 @@ pub async fn ensure_stream(
                 name: name.clone(),
                 description: Some("Herald presence log".into()),
                 subjects: vec![subjects.all()],
-                max_messages_per_subject: 1,
+                max_messages_per_subject: HISTORY,
                 max_message_size: MAX_VALUE_BYTES,
                 discard: stream::DiscardPolicy::New,
                 allow_rollup: true,

@@ -3,8 +3,8 @@
 //! build subjects and payloads) and by the replicator (to read them back).
 //!
 //! The bucket is a JetStream KV bucket (stream `KV_<bucket>`, subjects
-//! `$KV.<bucket>.>`, one message kept per subject), so `nats kv` tools can
-//! inspect it. Three kinds of keys live in it:
+//! `$KV.<bucket>.>`, the last [`super::nats::HISTORY`] versions of each key
+//! kept), so `nats kv` tools can inspect it. Three kinds of keys live in it:
 //!
 //! | key | value | written by |
 //! | --- | --- | --- |

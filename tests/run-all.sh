@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: Rust unit and integration tests, then the
 # official Nakama JavaScript client (JSON, protobuf, TLS) against a freshly
-# built herald, then the /status-demo page in headless Chromium, then the
-# fault-injection test (a debug herald built with that feature, so the
-# release binary the other suites use never has it). Installs
-# what it needs (see tests/install-deps.sh). Screenshots of the page go to
+# built herald, and on a 3-node cluster (nats-server and PostgreSQL from
+# tests/install-deps.sh), then the /status-demo page in headless Chromium,
+# then the fault-injection test (a debug herald built with that feature, so
+# the release binary the other suites use never has it). Installs what it
+# needs (see tests/install-deps.sh). Screenshots of the page go to
 # $ARTIFACTS_DIR (default: <target dir>/browser-artifacts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +21,7 @@ cargo build --release --bin herald
 echo "==> Rust unit and integration tests"
 cargo test --release --workspace
 
-echo "==> nakama-js suites (JSON, protobuf, mixed, TLS)"
+echo "==> nakama-js suites (JSON, protobuf, mixed, TLS; JSON and protobuf on a 3-node cluster)"
 cd "$root/tests/nakama-js"
 HERALD_BIN="$target/release/herald" npm test
 

@@ -103,9 +103,9 @@ function freePort() {
   });
 }
 
-function httpGetStatus(port) {
+function httpGetStatus(port, urlPath = '/') {
   return new Promise((resolve) => {
-    const req = http.get({ host: HOST, port, path: '/', timeout: 500 }, (res) => {
+    const req = http.get({ host: HOST, port, path: urlPath, timeout: 500 }, (res) => {
       res.resume();
       resolve(res.statusCode);
     });
@@ -118,9 +118,13 @@ const stripAnsi = (text) => text.replace(/\x1b\[[0-9;]*m/g, '');
 
 /** A running herald process. */
 class Herald {
-  constructor(proc, port, dataDir, ownsDir) {
+  constructor(proc, port, dataDir, ownsDir, { adminPort = null, name = 'herald' } = {}) {
     this.proc = proc;
     this.port = port;
+    /** The admin listener's port (when started with `admin`), else null. */
+    this.adminPort = adminPort;
+    /** How logs and failures name this process. */
+    this.name = name;
     this.dataDir = dataDir;
     this.ownsDir = ownsDir;
     this.stderr = [];
@@ -166,9 +170,13 @@ class Herald {
 
 /**
  * Starts herald on a free loopback port with a fresh data directory (or
- * `dataDir`), and waits until `GET /` answers 200.
+ * `dataDir`), and waits until `GET /` answers 200. With `admin`, the admin
+ * listener gets a free port too (`herald.adminPort`) and the wait is for
+ * `GET /readyz` 200 there. `args` may be a function of the attempt's
+ * `{port, adminPort}` (for flags that name them). `onSpawn(herald)` sees
+ * each process as soon as it exists (to clean it up if we are killed).
  */
-async function startHerald(args = [], { dataDir } = {}) {
+async function startHerald(args = [], { dataDir, admin = false, name, onSpawn } = {}) {
   const bin = process.env.HERALD_BIN;
   if (!bin) throw new Error('HERALD_BIN must point to the herald binary');
   const ownsDir = !dataDir;
@@ -176,14 +184,19 @@ async function startHerald(args = [], { dataDir } = {}) {
   let lastLog = '';
   for (let attempt = 0; attempt < 3; attempt += 1) {
     const port = await freePort();
-    const proc = spawn(bin, ['--listen', `${HOST}:${port}`, '--data-dir', dir, ...args], {
+    const adminPort = admin ? await freePort() : null;
+    const extra = typeof args === 'function' ? args({ port, adminPort }) : args;
+    const adminArgs = admin ? ['--admin-listen', `${HOST}:${adminPort}`] : [];
+    const proc = spawn(bin, ['--listen', `${HOST}:${port}`, '--data-dir', dir, ...adminArgs, ...extra], {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, NO_COLOR: '1', RUST_LOG: process.env.HERALD_LOG || 'info' },
     });
-    const herald = new Herald(proc, port, dir, ownsDir);
+    const herald = new Herald(proc, port, dir, ownsDir, { adminPort, name });
+    if (onSpawn) onSpawn(herald);
     const deadline = Date.now() + 15000;
     while (herald.alive() && Date.now() < deadline) {
-      if ((await httpGetStatus(port)) === 200) return herald;
+      const ready = admin ? (await httpGetStatus(adminPort, '/readyz')) === 200 : (await httpGetStatus(port)) === 200;
+      if (ready) return herald;
       await sleep(20);
     }
     lastLog = herald.log();
@@ -191,7 +204,7 @@ async function startHerald(args = [], { dataDir } = {}) {
     // A port taken between our probe and herald's bind: try another one.
   }
   if (ownsDir) fs.rmSync(dir, { recursive: true, force: true });
-  throw new Error(`herald did not start:\n${lastLog}`);
+  throw new Error(`${name || 'herald'} did not start:\n${lastLog}`);
 }
 
 // ---- tokens ------------------------------------------------------------------
@@ -292,8 +305,10 @@ function snapshotPresences(status, mode) {
 
 /** One nakama-js socket and everything it received. */
 class Sock {
-  constructor(ctx, session, socket, mode, status) {
+  constructor(ctx, session, socket, mode, status, server = ctx.server) {
     this.ctx = ctx;
+    /** The herald this socket is connected to. */
+    this.server = server;
     this.session = session;
     this.socket = socket;
     this.mode = mode;
@@ -301,10 +316,13 @@ class Sock {
     this.events = [];
     this.read = 0;
     this.disconnects = [];
+    /** Notifications nakama-js handed to `onnotification` (the --single-socket notice). */
+    this.notifications = [];
     this.sessionId = null;
     this.ws = null;
     socket.onstatuspresence = (event) => this.events.push(event);
     socket.ondisconnect = (event) => this.disconnects.push(event);
+    socket.onnotification = (notification) => this.notifications.push(notification);
   }
 
   get userId() {
@@ -673,10 +691,11 @@ class Ctx {
    * session's own join event (status "") is awaited, checked and consumed,
    * and its session id learnt.
    */
-  async connect(session, { status = false, mode = this.mode } = {}) {
+  async connect(session, { status = false, mode = this.mode, node } = {}) {
     const adapter = mode === 'pb' ? new WebSocketAdapterPb() : new nakama.WebSocketAdapterText();
-    const socket = this.client().createSocket(false, false, adapter);
-    const sock = new Sock(this, session, socket, mode, status);
+    const { client, server } = this.socketTarget(node);
+    const socket = client.createSocket(false, false, adapter);
+    const sock = new Sock(this, session, socket, mode, status, server);
     this.socks.push(sock);
     const connecting = socket.connect(session, status);
     sock.ws = socket.adapter._socket;
@@ -694,8 +713,17 @@ class Ctx {
     return sock;
   }
 
+  /**
+   * Where the next socket goes: `{client, server}`. One server here; the
+   * cluster context spreads sockets over its nodes (`node` picks one).
+   */
+  // eslint-disable-next-line no-unused-vars
+  socketTarget(node) {
+    return { client: this.client(), server: this.server };
+  }
+
   async raw(query, options) {
-    const conn = await rawConnect(this.server, query, options);
+    const conn = await rawConnect(this.socketTarget().server, query, options);
     this.raws.push(conn);
     return conn;
   }
@@ -713,6 +741,8 @@ class Ctx {
           const message = JSON.parse(frame.data.toString('utf8'));
           if ('status_presence_event' in message) {
             assert.deepEqual(Object.keys(message), ['status_presence_event'], `an event frame: ${frame.data}`);
+          } else if ('notifications' in message) {
+            assert.deepEqual(Object.keys(message), ['notifications'], `a notification frame: ${frame.data}`);
           } else {
             assert.equal(typeof message.cid, 'string', `a reply frame: ${frame.data}`);
           }
@@ -722,6 +752,8 @@ class Ctx {
           const numbers = fields.map((f) => f.number);
           if (numbers.includes(27)) {
             assert.deepEqual(numbers, [27], `an event frame: ${frame.data.toString('hex')}`);
+          } else if (numbers.includes(23)) {
+            assert.deepEqual(numbers, [23], `a notification frame: ${frame.data.toString('hex')}`);
           } else {
             assert.equal(numbers[0], 1, `a reply frame starts with its cid: ${frame.data.toString('hex')}`);
           }
@@ -743,6 +775,58 @@ class Ctx {
 }
 
 /**
+ * Wraps `node:test`'s `test` for a file whose servers run for the whole
+ * file: `test(name, [options], fn)` runs `fn(ctx, t)` with `makeCtx()`,
+ * checks every nakama-js frame afterwards and cleans up. `servers()` lists
+ * the processes whose stderr matters (each with a `name`): each must be
+ * running before and after the test, and when a test fails, what each wrote
+ * during it is printed.
+ */
+function wrapTest(servers, makeCtx) {
+  return (name, options, fn) => {
+    if (typeof options === 'function') {
+      fn = options;
+      options = {};
+    }
+    return test(name, options, async (t) => {
+      const list = servers();
+      assert.ok(list.length > 0 && list.every((s) => s), 'the servers are not running');
+      for (const server of list) assert.ok(server.alive(), `${server.name} is not running: ${server.log()}`);
+      const marks = list.map((server) => server.logMark());
+      const ctx = makeCtx();
+      try {
+        await fn(ctx, t);
+        ctx.checkFrames();
+      } catch (error) {
+        if (!options.todo) {
+          list.forEach((server, i) => {
+            process.stderr.write(`\n--- ${server.name} stderr during "${name}" ---\n${server.log(marks[i])}--- end ---\n`);
+          });
+        }
+        throw error;
+      } finally {
+        await ctx.cleanup();
+      }
+      list.forEach((server, i) => assert.ok(server.alive(), `${server.name} died: ${server.log(marks[i])}`));
+    });
+  };
+}
+
+/**
+ * Stops `server` (SIGTERM) after a file's tests and asserts that it was
+ * still running and exits cleanly; prints its stderr otherwise.
+ */
+async function stopChecked(server) {
+  const crashed = !server.alive();
+  const exit = await server.stop();
+  if (crashed || exit.code !== 0) {
+    process.stderr.write(`\n--- ${server.name} stderr ---\n${server.log()}\n`);
+  }
+  assert.equal(crashed, false, `${server.name} died during the tests: ${JSON.stringify(exit)}`);
+  assert.deepEqual(exit, { code: 0, signal: null }, `${server.name} exits cleanly on SIGTERM`);
+}
+
+/**
  * Starts one herald for the calling test file (`before`/`after`), and
  * returns `{ test, server }` where `test(name, [options], fn)` runs
  * `fn(ctx, t)` with a fresh {@link Ctx}. When a test fails, herald's stderr
@@ -755,40 +839,9 @@ function useHerald(args = [], { mode = 'json' } = {}) {
     state.server = await startHerald(args);
   });
   after(async () => {
-    const { server } = state;
-    if (!server) return;
-    const crashed = !server.alive();
-    const exit = await server.stop();
-    if (crashed || exit.code !== 0) {
-      process.stderr.write(`\n--- herald stderr ---\n${server.log()}\n`);
-    }
-    assert.equal(crashed, false, `herald died during the tests: ${JSON.stringify(exit)}`);
-    assert.deepEqual(exit, { code: 0, signal: null }, 'herald exits cleanly on SIGTERM');
+    if (state.server) await stopChecked(state.server);
   });
-  const wrapped = (name, options, fn) => {
-    if (typeof options === 'function') {
-      fn = options;
-      options = {};
-    }
-    return test(name, options, async (t) => {
-      const server = state.server;
-      assert.ok(server, 'herald is not running');
-      const mark = server.logMark();
-      const ctx = new Ctx(server, mode);
-      try {
-        await fn(ctx, t);
-        ctx.checkFrames();
-      } catch (error) {
-        if (!options.todo) {
-          process.stderr.write(`\n--- herald stderr during "${name}" ---\n${server.log(mark)}--- end ---\n`);
-        }
-        throw error;
-      } finally {
-        await ctx.cleanup();
-      }
-      assert.ok(server.alive(), `herald died: ${server.log(mark)}`);
-    });
-  };
+  const wrapped = wrapTest(() => [state.server], () => new Ctx(state.server, mode));
   return { test: wrapped, get server() { return state.server; } };
 }
 
@@ -823,8 +876,14 @@ module.exports = {
   within,
   rejection,
   uid,
+  freePort,
+  httpGetStatus,
   startHerald,
   useHerald,
+  wrapTest,
+  stopChecked,
+  Herald,
+  Sock,
   withHerald,
   Ctx,
   mintToken,

@@ -526,18 +526,12 @@ impl Shard {
             for record in after {
                 self.update_replica(record);
             }
-            // A user that follow grants waited for stays kept: once a grant
-            // runs, its edges (or their hand-back, if the session closed)
-            // decide. Released here, it would load again when a grant still
-            // waiting for another user of this shard runs, and that user,
-            // released in turn, again: the grant would never run.
-            let waited_for = !grants.is_empty();
+            // Grants still waiting for other users pin this one (see
+            // `ReplicaState::pinned`), so it is not released here.
             for grant in grants {
                 self.grant_loaded(grant);
             }
-            if !waited_for {
-                self.release_if_uninterested(user);
-            }
+            self.release_if_uninterested(user);
         }
         if !stale.is_empty() {
             if let Some(link) = self.cluster() {

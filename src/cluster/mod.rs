@@ -93,6 +93,13 @@ pub const FENCE_NO_HEARTBEAT: Duration = Duration::from_secs(15);
 /// No record from the watch for this long while connected means it stalled:
 /// it is recreated from the last position (heartbeats keep the log busy).
 pub const WATCH_STALL: Duration = Duration::from_secs(3);
+/// A session's write drops the key's earlier versions from the log
+/// (`Nats-Rollup: sub`) when its previous write is at least this old: every
+/// node has read them long since, so the log holds about one record per
+/// session at rest, while the versions of a burst stay for any watch that
+/// is catching up (after a NATS leader failover, 5-10 s) to read. At most
+/// [`nats::HISTORY`] versions are kept in any case.
+pub const ROLLUP_AFTER: u32 = 30;
 /// How long the marker of an ended session stays in the log: longer than
 /// any watch interruption a node survives without being fenced.
 pub const PURGE_MARKER_TTL: Duration = Duration::from_secs(600);
@@ -231,8 +238,9 @@ pub struct LogWrite {
 
 #[derive(Debug)]
 pub enum WriteOp {
-    /// The session's status is now `value`.
-    Put(PresenceValue),
+    /// The session's status is now `value`. With `rollup`, the log drops the
+    /// key's earlier versions (see [`ROLLUP_AFTER`]).
+    Put { value: PresenceValue, rollup: bool },
     /// The session went offline or ended (change number of the purge).
     Purge(u64),
     /// `--single-socket`: the session is its user's newest.

@@ -32,13 +32,14 @@ const MIN_SERVER: (u64, u64) = (2, 11);
 const SUBSCRIPTION_CAPACITY: usize = 1 << 20;
 /// How long JetStream remembers a message id to drop a retried duplicate.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// Versions the stream keeps of each key. A watch reads every version still
-/// in the stream; with only the latest kept, a session updating faster than
-/// a watch delivers (a burst of a few updates within a millisecond) would
-/// have its intermediate statuses superseded before some node read them.
-/// Eight covers any burst but a client flooding updates, and costs at most
-/// eight small records per session (a purge removes them all).
-pub const HISTORY: i64 = 8;
+/// Versions the stream keeps of each key at most. A watch reads every
+/// version still in the stream; with only the latest kept, a session
+/// updating faster than a watch delivers (a burst of updates within a
+/// millisecond), or while a watch recovers from a NATS failover, would have
+/// intermediate statuses superseded before some node read them. Writes roll
+/// older versions up once they are [`super::ROLLUP_AFTER`] old, so at rest a
+/// session has one record; this cap bounds a flood.
+pub const HISTORY: i64 = 16;
 /// Largest value: a 2048-byte status, a username and the header fit easily.
 const MAX_VALUE_BYTES: i32 = 8192;
 

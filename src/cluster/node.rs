@@ -887,7 +887,7 @@ impl ClusterNode {
         if let Some(write) = write {
             if let Some((shard, session)) = write.reply {
                 let change = match &write.op {
-                    WriteOp::Put(value) => value.change,
+                    WriteOp::Put { value, .. } => value.change,
                     WriteOp::Purge(change) => *change,
                     WriteOp::NewestSession => 0,
                 };

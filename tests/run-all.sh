@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: Rust unit and integration tests, then the
+# Runs the whole test suite: Rust unit and integration tests (among them
+# tests/cluster, which runs nats-server and kills processes by PID; it needs
+# the nats-server install-deps.sh provides, and root for its network
+# namespaces), then the
 # official Nakama JavaScript client (JSON, protobuf, TLS) against a freshly
 # built herald, then the /status-demo page in headless Chromium, then the
 # fault-injection test (a debug herald built with that feature, so the

@@ -309,9 +309,10 @@ impl Shard {
         loading
     }
 
-    /// Stops keeping `user` if nothing here is interested in it any more.
+    /// Stops keeping `user` if nothing here is interested in it any more,
+    /// and no parked follow grant is about to be (it lists the user).
     pub(super) fn release_if_uninterested(&mut self, user: UserId) {
-        if self.cluster().is_none() || self.interested(user) {
+        if self.cluster().is_none() || self.interested(user) || self.awaited(user) {
             return;
         }
         let Some(entry) = self.users.get_mut(&user) else {
@@ -329,6 +330,17 @@ impl Shard {
             }
         }
         self.forget_if_idle(user);
+    }
+
+    /// Whether a parked follow grant lists `user`. Such a user stays kept
+    /// though nobody follows it yet: released, it would load again when the
+    /// grant runs, and a grant of two users could release and reload them
+    /// in turn for ever.
+    fn awaited(&self, user: UserId) -> bool {
+        self.replica_state
+            .parked
+            .values()
+            .any(|grant| grant.users.contains(&user))
     }
 
     // ---- the log ----------------------------------------------------------------
@@ -611,6 +623,7 @@ impl Shard {
             return;
         }
         if let Some(grant) = self.replica_state.parked.remove(&id) {
+            let users = grant.users.clone();
             // Runs the grant again: users released meanwhile load again.
             self.handle(ShardMsg::Follow {
                 from_shard: grant.from_shard,
@@ -618,6 +631,11 @@ impl Shard {
                 users: grant.users,
                 new_edges: grant.new_edges,
             });
+            // Those it kept for the grant but did not follow (refused, or
+            // the session closed meanwhile) go.
+            for user in users {
+                self.release_if_uninterested(user);
+            }
         }
     }
 

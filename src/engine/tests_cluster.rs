@@ -471,6 +471,28 @@ fn a_user_nobody_here_follows_is_released_and_loaded_again_when_followed() {
 }
 
 #[test]
+fn a_follow_of_several_users_that_load_together_is_granted() {
+    let mut node = Node::new();
+    let bob = node.user_on(1, 0);
+    let (first, second) = (node.user_on(0, 1), node.user_on(0, 2));
+    let b = node.connect(bob, false);
+    node.answer_fetches();
+    node.remote(second, SessionId::random(), 1, Some("here"));
+    node.read_log();
+    node.request(&b, follow(&[first, second]));
+    assert_eq!(node.fetches.len(), 1, "both users in one fetch");
+    node.answer_fetches();
+    assert!(
+        node.fetches.is_empty(),
+        "neither is released and fetched again"
+    );
+    assert_eq!(texts(&b), ["status:[\"here\"]"]);
+    node.remote(first, SessionId::random(), 1, Some("later"));
+    node.read_log();
+    assert_eq!(texts(&b), ["event:+later"], "both are kept and followed");
+}
+
+#[test]
 fn a_gap_in_a_session_s_changes_is_counted_as_coalesced() {
     let mut node = Node::new();
     let (bob, remote) = (node.user_on(1, 0), node.user_on(0, 1));

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: Rust unit and integration tests, then the
+# Runs the whole test suite: Rust unit and integration tests (among them
+# tests/cluster, which runs nats-server and kills processes by PID; it needs
+# the nats-server install-deps.sh provides, and root for its network
+# namespaces), then the
 # official Nakama JavaScript client (JSON, protobuf, TLS) against a freshly
 # built herald, and on a 3-node cluster (nats-server and PostgreSQL from
 # tests/install-deps.sh), then the /status-demo page in headless Chromium,

@@ -471,6 +471,28 @@ fn a_user_nobody_here_follows_is_released_and_loaded_again_when_followed() {
 }
 
 #[test]
+fn a_follow_of_several_users_that_load_together_is_granted() {
+    let mut node = Node::new();
+    let bob = node.user_on(1, 0);
+    let (first, second) = (node.user_on(0, 1), node.user_on(0, 2));
+    let b = node.connect(bob, false);
+    node.answer_fetches();
+    node.remote(second, SessionId::random(), 1, Some("here"));
+    node.read_log();
+    node.request(&b, follow(&[first, second]));
+    assert_eq!(node.fetches.len(), 1, "both users in one fetch");
+    node.answer_fetches();
+    assert!(
+        node.fetches.is_empty(),
+        "neither is released and fetched again"
+    );
+    assert_eq!(texts(&b), ["status:[\"here\"]"]);
+    node.remote(first, SessionId::random(), 1, Some("later"));
+    node.read_log();
+    assert_eq!(texts(&b), ["event:+later"], "both are kept and followed");
+}
+
+#[test]
 fn a_gap_in_a_session_s_changes_is_counted_as_coalesced() {
     let mut node = Node::new();
     let (bob, remote) = (node.user_on(1, 0), node.user_on(0, 1));
@@ -506,28 +528,4 @@ fn a_session_s_own_user_loads_when_it_connects_and_it_sees_the_other_devices() {
     node.read_log();
     assert_eq!(texts(&a), ["event:+home-on the phone"]);
     let _ = a.id;
-}
-
-#[test]
-fn a_follow_of_two_users_that_load_on_one_shard_completes() {
-    // Both users are owned by shard 0 and kept by nobody here: one grant
-    // waits for both snapshots. The first user loaded must stay kept while
-    // the grant waits for the second (released, it would be fetched again
-    // when the grant runs, and the two would take turns forever).
-    let mut node = Node::new();
-    let (bob, carol, dave) = (node.user_on(1, 0), node.user_on(0, 1), node.user_on(0, 2));
-    let b = node.connect(bob, false);
-    node.answer_fetches();
-    node.remote(carol, SessionId::random(), 1, Some("c"));
-    node.remote(dave, SessionId::random(), 1, Some("d"));
-    node.read_log();
-    node.request(&b, follow(&[carol, dave]));
-    for _ in 0..4 {
-        node.answer_fetches();
-    }
-    assert_eq!(node.fetches.len(), 0, "each user is fetched once");
-    assert_eq!(texts(&b), ["status:[\"c\", \"d\"]"]);
-    node.remote(carol, SessionId::random(), 1, Some("c2"));
-    node.read_log();
-    assert_eq!(texts(&b), ["event:+c2"]);
 }

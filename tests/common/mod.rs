@@ -284,45 +284,109 @@ pub fn child_exit(
     }
 }
 
+/// How to start the `herald` binary: where it listens, its other flags, and
+/// an optional wrapper command it runs under (e.g. `ip netns exec NS`, which
+/// execs the binary, so the child's PID is herald's own).
+#[derive(Debug, Clone)]
+pub struct HeraldLaunch {
+    /// Program and arguments put before the binary; empty: none.
+    pub wrapper: Vec<String>,
+    /// `--listen` (default `127.0.0.1:0`).
+    pub listen: String,
+    /// `--admin-listen` (default `127.0.0.1:0`).
+    pub admin_listen: String,
+    /// Every other flag (`--data-dir` and the JSON logs are added).
+    pub args: Vec<String>,
+}
+
+impl HeraldLaunch {
+    /// Both listeners on free ports of 127.0.0.1, with `args`.
+    pub fn new(args: &[&str]) -> HeraldLaunch {
+        HeraldLaunch {
+            wrapper: Vec::new(),
+            listen: "127.0.0.1:0".into(),
+            admin_listen: "127.0.0.1:0".into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// The command for a server on data directory `dir`, its logs JSON at `info`.
+    pub fn command(&self, dir: &std::path::Path) -> std::process::Command {
+        let mut command = match self.wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = std::process::Command::new(program);
+                command.env_clear().args(wrapper_args).arg(herald_binary());
+                command
+            }
+            None => herald_command(),
+        };
+        command
+            .args([
+                "--listen",
+                &self.listen,
+                "--admin-listen",
+                &self.admin_listen,
+            ])
+            .args(["--log-format", "json", "--log-level", "info"])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(&self.args);
+        command
+    }
+}
+
+/// One log line of a [`HeraldProcess`] and when this process read it.
+pub type LogLine = (std::time::Instant, Value);
+
 /// The `herald` binary as a child process: its own data directory, both
-/// listeners on free ports of 127.0.0.1, JSON logs read from its stdout.
-/// Dropping it kills the process.
+/// listeners on free ports of 127.0.0.1 unless told otherwise
+/// ([`HeraldLaunch`]), JSON logs read from its stdout (each line stamped
+/// with the instant it was read). Dropping it kills the process.
 pub struct HeraldProcess {
     child: std::process::Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    /// The settings it was started with (after the defaults below).
-    args: Vec<String>,
+    /// How it was started, for a restart on the same data directory.
+    launch: Option<HeraldLaunch>,
     dir: Option<tempfile::TempDir>,
-    logs: std::sync::mpsc::Receiver<Value>,
+    logs: std::sync::mpsc::Receiver<LogLine>,
     /// Log lines already read, searched first by [`HeraldProcess::log_fields`].
-    seen: Vec<Value>,
+    seen: Vec<LogLine>,
 }
 
 impl HeraldProcess {
     /// Starts the binary with `args` on a new data directory and waits until it serves.
     pub fn start(args: &[&str]) -> HeraldProcess {
-        let dir = tempfile::tempdir().expect("a temporary data directory");
-        let args = args.iter().map(|a| a.to_string()).collect();
-        HeraldProcess::start_in(dir, args)
+        HeraldProcess::start_with(HeraldLaunch::new(args))
     }
 
-    fn start_in(dir: tempfile::TempDir, args: Vec<String>) -> HeraldProcess {
-        let mut command = herald_command();
-        command
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--log-format", "json", "--log-level", "info"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(&args);
-        let mut herald = HeraldProcess::spawn(command);
-        herald.args = args;
+    /// Starts the binary as `launch` says on a new data directory and waits until it serves.
+    pub fn start_with(launch: HeraldLaunch) -> HeraldProcess {
+        let dir = tempfile::tempdir().expect("a temporary data directory");
+        let mut herald = HeraldProcess::begin_in(dir, launch);
+        herald.wait_serving(WAIT);
+        herald
+    }
+
+    /// Starts the binary on data directory `dir` without waiting for it to
+    /// serve (see [`HeraldProcess::wait_serving`]).
+    pub fn begin_in(dir: tempfile::TempDir, launch: HeraldLaunch) -> HeraldProcess {
+        let mut herald = HeraldProcess::begin(launch.command(dir.path()));
+        herald.launch = Some(launch);
         herald.dir = Some(dir);
         herald
     }
 
     /// Spawns `command` (whose logs must be JSON) and waits until it serves.
-    pub fn spawn(mut command: std::process::Command) -> HeraldProcess {
+    pub fn spawn(command: std::process::Command) -> HeraldProcess {
+        let mut herald = HeraldProcess::begin(command);
+        herald.wait_serving(WAIT);
+        herald
+    }
+
+    /// Spawns `command` (whose logs must be JSON) and returns at once; the
+    /// addresses are known after [`HeraldProcess::wait_serving`].
+    pub fn begin(mut command: std::process::Command) -> HeraldProcess {
         let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -336,34 +400,43 @@ impl HeraldProcess {
                 let Ok(line) = line else { return };
                 let value = serde_json::from_str(&line)
                     .unwrap_or_else(|_| json!({"fields": {"message": line}}));
-                if lines.send(value).is_err() {
+                if lines.send((std::time::Instant::now(), value)).is_err() {
                     return;
                 }
             }
         });
-        let mut herald = HeraldProcess {
+        HeraldProcess {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
-            args: Vec::new(),
+            launch: None,
             dir: None,
             logs,
             seen: Vec::new(),
-        };
-        let serving = herald.log_fields("herald is serving");
+        }
+    }
+
+    /// Waits (at most `limit`) for the "herald is serving" line and takes
+    /// both addresses from it.
+    pub fn wait_serving(&mut self, limit: Duration) {
+        let (_, serving) = self.log_line("herald is serving", limit);
         let address = |key: &str| -> SocketAddr {
             serving[key]
                 .as_str()
                 .and_then(|a| a.parse().ok())
                 .unwrap_or_else(|| panic!("no {key} address in {serving}"))
         };
-        herald.addr = address("listen");
-        herald.admin = address("admin");
-        herald
+        self.addr = address("listen");
+        self.admin = address("admin");
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The data directory, when the process has one of its own.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_ref().map(tempfile::TempDir::path)
     }
 
     /// Authenticates (creating) the account `username` over REST.
@@ -384,23 +457,46 @@ impl HeraldProcess {
     /// The `fields` of the first log line whose message is `message`
     /// (earlier lines included); panics after [`WAIT`].
     pub fn log_fields(&mut self, message: &str) -> Value {
+        self.log_line(message, WAIT).1
+    }
+
+    /// When the first log line whose message is `message` was read, and its
+    /// `fields` (earlier lines included); panics after `limit`.
+    pub fn log_line(&mut self, message: &str, limit: Duration) -> (std::time::Instant, Value) {
+        self.try_log_line(message, limit).unwrap_or_else(|| {
+            panic!(
+                "no log line {message:?} within {limit:?}; got {:?}",
+                self.seen.iter().map(|(_, line)| line).collect::<Vec<_>>()
+            )
+        })
+    }
+
+    /// As [`HeraldProcess::log_line`], `None` after `limit`.
+    pub fn try_log_line(
+        &mut self,
+        message: &str,
+        limit: Duration,
+    ) -> Option<(std::time::Instant, Value)> {
         let matches = |line: &Value| line["fields"]["message"] == message;
-        if let Some(line) = self.seen.iter().find(|line| matches(line)) {
-            return line["fields"].clone();
+        if let Some((at, line)) = self.seen.iter().find(|(_, line)| matches(line)) {
+            return Some((*at, line["fields"].clone()));
         }
-        let deadline = std::time::Instant::now() + WAIT;
+        let deadline = std::time::Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = self
-                .logs
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no log line {message:?}; got {:?}", self.seen));
-            let found = matches(&line);
-            self.seen.push(line);
-            if found {
-                return self.seen[self.seen.len() - 1]["fields"].clone();
+            let (at, line) = self.logs.recv_timeout(left).ok()?;
+            let found = matches(&line).then(|| line["fields"].clone());
+            self.seen.push((at, line));
+            if let Some(fields) = found {
+                return Some((at, fields));
             }
         }
+    }
+
+    /// Every log line read so far (waiting for none).
+    pub fn logs(&mut self) -> &[LogLine] {
+        self.seen.extend(self.logs.try_iter());
+        &self.seen
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
@@ -423,12 +519,22 @@ impl HeraldProcess {
     }
 
     /// SIGKILLs the process and starts a new one on the same data directory
-    /// and settings (on new ports).
-    pub fn kill_and_restart(mut self) -> HeraldProcess {
+    /// and settings (on new ports unless the settings name them).
+    pub fn kill_and_restart(self) -> HeraldProcess {
         self.signal(libc::SIGKILL);
+        let mut herald = self.relaunch();
+        herald.wait_serving(WAIT);
+        herald
+    }
+
+    /// Once the process has ended (waited for, at most [`WAIT`]), starts a
+    /// new one on the same data directory and settings, without waiting for
+    /// it to serve.
+    pub fn relaunch(mut self) -> HeraldProcess {
         self.wait_for_exit(WAIT);
         let dir = self.dir.take().expect("a data directory of our own");
-        HeraldProcess::start_in(dir, std::mem::take(&mut self.args))
+        let launch = self.launch.take().expect("started from a HeraldLaunch");
+        HeraldProcess::begin_in(dir, launch)
     }
 
     /// Resident memory of the process in KiB (`VmRSS` of /proc/PID/status).

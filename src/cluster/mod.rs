@@ -90,9 +90,16 @@ pub const FENCE_DISCONNECTED: Duration = Duration::from_secs(2);
 /// A node without an acknowledged heartbeat for this long fences itself
 /// (longer than a NATS stream leader election, 4-9 s).
 pub const FENCE_NO_HEARTBEAT: Duration = Duration::from_secs(15);
-/// No record from the watch for this long while connected means it stalled:
-/// it is recreated from the last position (heartbeats keep the log busy).
-pub const WATCH_STALL: Duration = Duration::from_secs(3);
+/// The watch has stalled when a heartbeat of this node was acknowledged by
+/// the log this long ago and the watch has not delivered it: the log moves,
+/// the watch does not (its consumer died with a NATS server). It is then
+/// recreated from its last position. While the log itself stalls (a leader
+/// election), nothing is acknowledged and nothing is recreated: a consumer
+/// that survived resumes by itself.
+pub const WATCH_STALL: Duration = Duration::from_millis(1500);
+/// A watch silent for this long while the node is registered is recreated
+/// whatever the heartbeats say (the node fences itself at 15 s anyway).
+pub const WATCH_SILENT: Duration = Duration::from_secs(10);
 /// A session's write drops the key's earlier versions from the log
 /// (`Nats-Rollup: sub`) when its previous write is at least this old: every
 /// node has read them long since, so the log holds about one record per

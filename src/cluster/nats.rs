@@ -39,7 +39,7 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// intermediate statuses superseded before some node read them. Writes roll
 /// older versions up once they are [`super::ROLLUP_AFTER`] old, so at rest a
 /// session has one record; this cap bounds a flood.
-pub const HISTORY: i64 = 16;
+pub const HISTORY: i64 = 64;
 /// Largest value: a 2048-byte status, a username and the header fit easily.
 const MAX_VALUE_BYTES: i32 = 8192;
 
@@ -193,6 +193,31 @@ pub fn jetstream(client: Client) -> jetstream::Context {
         .max_ack_inflight(65_536)
         .backpressure_on_inflight(true)
         .build(client)
+}
+
+/// How long start-up keeps asking for the stream while JetStream does not
+/// answer (a NATS cluster that has just started elects its JetStream
+/// leader in a few seconds).
+const STREAM_PATIENCE: Duration = Duration::from_secs(20);
+
+/// [`ensure_stream`], asked again while JetStream times out, for up to
+/// [`STREAM_PATIENCE`]; any other error, or the last timeout, is returned.
+pub async fn ensure_stream_patiently(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<stream::Stream, ClusterError> {
+    let deadline = tokio::time::Instant::now() + STREAM_PATIENCE;
+    loop {
+        match ensure_stream(js, config).await {
+            Err(ClusterError::Stream { reason, .. })
+                if reason.contains("timed out") && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::info!(%reason, "JetStream does not answer yet; asking again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Creates the presence log's stream if it is missing (a KV bucket keeping

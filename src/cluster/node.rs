@@ -35,7 +35,9 @@ use super::nats;
 use super::record::{LeaseState, LeaseValue, Subjects};
 use super::replicator::{Notice, Operation, Replicator};
 use super::writer::{Prepared, Writer, RETRY};
-use super::{ClusterConfig, ClusterError, ClusterShared, Command, WriteOp, WATCH_STALL};
+use super::{
+    ClusterConfig, ClusterError, ClusterShared, Command, WriteOp, WATCH_SILENT, WATCH_STALL,
+};
 use crate::engine::inbox::ShardMsg;
 use crate::engine::status_query::UserStatus;
 use crate::engine::EngineHandle;
@@ -65,7 +67,7 @@ pub(super) async fn run(
         }
     };
     let js = nats::jetstream(client.clone());
-    if let Err(error) = nats::ensure_stream(&js, &config).await {
+    if let Err(error) = nats::ensure_stream_patiently(&js, &config).await {
         let _ = connected.send(Err(error));
         return;
     }
@@ -196,6 +198,9 @@ struct ClusterNode {
     deferred: Vec<FetchDone>,
     /// The incarnation the registration in flight replaces, if any.
     predecessor: Option<u64>,
+    /// The oldest acknowledged lease write the watch has not delivered
+    /// yet: its log position and when it was acknowledged (stall detection).
+    unread_ack: Option<(u64, Instant)>,
     connected: bool,
     /// A clean stop began: no registration, no writes.
     leaving: bool,
@@ -234,6 +239,7 @@ impl ClusterNode {
             fetched_tx,
             deferred: Vec::new(),
             predecessor: None,
+            unread_ack: None,
             connected: true,
             leaving: false,
             config,
@@ -746,12 +752,24 @@ impl ClusterNode {
                 self.publish(prepared);
             }
         }
-        // A watch that went silent while the node heartbeats has stalled.
+        // A watch that does not deliver what the log acknowledged has
+        // stalled (see `WATCH_STALL`).
+        if self
+            .unread_ack
+            .is_some_and(|(seq, _)| self.replicator.last_seq() >= seq)
+        {
+            self.unread_ack = None;
+        }
+        let behind = self
+            .unread_ack
+            .is_some_and(|(_, at)| now.duration_since(at) >= WATCH_STALL);
+        let silent = now.duration_since(self.watch.last_message) >= WATCH_SILENT;
         let stalled = self.watch.messages.is_some()
             && self.connected
             && self.membership.incarnation().is_some()
-            && now.duration_since(self.watch.last_message) >= WATCH_STALL;
+            && (behind || silent);
         if stalled {
+            self.unread_ack = None;
             self.shared.watch_restarts.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 last_seq = self.replicator.last_seq(),
@@ -820,6 +838,11 @@ impl ClusterNode {
     fn on_lease_written(&mut self, outcome: Result<u64, bool>) {
         let now = Instant::now();
         let step = self.membership.written(outcome, now);
+        if let Ok(seq) = outcome {
+            if self.unread_ack.is_none() && self.replicator.last_seq() < seq {
+                self.unread_ack = Some((seq, now));
+            }
+        }
         if outcome.is_ok() {
             if let Some(old) = self.predecessor.take() {
                 self.retire(old);

@@ -68,7 +68,6 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::engine::shard::SessionKey;
 use crate::engine::status_query::UserStatus;
 use crate::engine::EngineHandle;
 use crate::ids::{SessionId, UserId};
@@ -239,8 +238,6 @@ pub struct LogWrite {
     /// incarnation that has been fenced is dropped.
     pub incarnation: u64,
     pub op: WriteOp,
-    /// Whom to tell when the log acknowledged it: (shard, session).
-    pub reply: Option<(u16, SessionKey)>,
 }
 
 #[derive(Debug)]

@@ -3,9 +3,10 @@
 //! cluster makes. Everything here runs on the cluster thread.
 //!
 //! Connection settings and why:
-//! * pings every second: async-nats drops a connection after two
-//!   unanswered pings, so a dead link is noticed in 2-3 s (the fence rule
-//!   F1 then needs 2 s more of no connection);
+//! * pings every 500 ms: async-nats drops a connection after two
+//!   unanswered pings, so a dead link is noticed in 1-1.5 s, and the fence
+//!   rule F1 (2 s more of no connection) closes a cut node's sockets about
+//!   3.5 s after the cut, before its peers declare it dead (4-6 s);
 //! * reconnect attempts every 250 ms at most, forever: a node cut from NATS
 //!   must be ready again within 2 s of the link healing;
 //! * a large subscription buffer for the watch (1 Mi messages): with the
@@ -115,7 +116,7 @@ pub async fn connect(
     let servers = split_credentials(&config.urls).map_err(ClusterError::Config)?;
     let mut options = ConnectOptions::new()
         .name(format!("herald {}", config.node_id))
-        .ping_interval(Duration::from_secs(1))
+        .ping_interval(Duration::from_millis(500))
         .connection_timeout(CONNECT_TIMEOUT)
         .request_timeout(Some(API_TIMEOUT))
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
@@ -201,7 +202,7 @@ pub fn jetstream(client: Client) -> jetstream::Context {
 const STREAM_PATIENCE: Duration = Duration::from_secs(20);
 
 /// [`ensure_stream`], asked again while JetStream times out, for up to
-/// [`STREAM_PATIENCE`]; any other error, or the last timeout, is returned.
+/// `STREAM_PATIENCE` (20 s); any other error, or the last timeout, is returned.
 pub async fn ensure_stream_patiently(
     js: &jetstream::Context,
     config: &ClusterConfig,

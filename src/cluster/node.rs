@@ -35,9 +35,7 @@ use super::nats;
 use super::record::{LeaseState, LeaseValue, Subjects};
 use super::replicator::{Notice, Operation, Replicator};
 use super::writer::{Prepared, Writer, RETRY};
-use super::{
-    ClusterConfig, ClusterError, ClusterShared, Command, WriteOp, WATCH_SILENT, WATCH_STALL,
-};
+use super::{ClusterConfig, ClusterError, ClusterShared, Command, WATCH_SILENT, WATCH_STALL};
 use crate::engine::inbox::ShardMsg;
 use crate::engine::status_query::UserStatus;
 use crate::engine::EngineHandle;
@@ -906,18 +904,10 @@ impl ClusterNode {
             return;
         }
         self.shared.publish.record(done.started.elapsed());
-        let (write, next) = self.writer.stored(done.session);
-        if let Some(write) = write {
-            if let Some((shard, session)) = write.reply {
-                let change = match &write.op {
-                    WriteOp::Put { value, .. } => value.change,
-                    WriteOp::Purge(change) => *change,
-                    WriteOp::NewestSession => 0,
-                };
-                self.engine
-                    .send(usize::from(shard), ShardMsg::LogAcked { session, change });
-            }
-        }
+        // The session's request is answered when its record is read back,
+        // not here: stored is not applied (a record of an incarnation that
+        // was declared dead meanwhile is stored and ignored by everyone).
+        let (_, next) = self.writer.stored(done.session);
         if let Some(next) = next {
             self.publish(next);
         }

@@ -11,8 +11,9 @@
 //! until it succeeds or the session's incarnation is fenced; then the
 //! session's queue is dropped (its sessions are being closed, and its
 //! records would be ignored anyway). Nothing is dropped silently otherwise:
-//! an acknowledged write is reported to the session's shard
-//! (`LogAcked`), which answers the waiting request.
+//! the session's waiting request is answered when its record is read back
+//! from the log, as applied by every node (see [`crate::engine::replica`]),
+//! and a session whose write can no longer be applied is closed by the fence.
 //!
 //! Queues live only while a session has writes pending: an idle session
 //! costs nothing here. Only the cluster task touches this.
@@ -175,7 +176,6 @@ mod tests {
                 },
                 rollup: false,
             },
-            reply: None,
         }
     }
 

@@ -96,8 +96,6 @@ pub enum ShardMsg {
     ApplyPresence(Box<PresenceRecord>),
     /// Cluster mode: every presence written by this incarnation ends.
     DropOrigin(Origin),
-    /// Cluster mode: the log acknowledged the session's write `change`.
-    LogAcked { session: SessionKey, change: u64 },
     /// Cluster mode, `--single-socket`: the log names `session` as `user`'s
     /// newest session at position `seq`.
     NewestSession {

@@ -29,10 +29,13 @@
 //! # Writes
 //!
 //! A local session's own changes take the same road: `status_update` writes
-//! to the log (`Shard::log_status`) and waits; the record coming back (or
-//! the log's acknowledgement, whichever is first) answers the request, and
-//! the record's event reaches followers here like anyone else's. The answer
-//! is queued before the session's own echo of its change.
+//! to the log (`Shard::log_status`) and waits; its record coming back,
+//! visible (its incarnation holds a live lease at that position, so every
+//! node applies it), answers the request, and the record's event reaches
+//! followers here like anyone else's. The answer is queued before the
+//! session's own echo of its change. A write stored after a verdict on this
+//! node is never read back as visible, so it is never answered: the
+//! session is closed by the fence instead.
 
 use std::sync::Arc;
 
@@ -160,7 +163,7 @@ impl Shard {
         let Some(link) = self.cluster().cloned() else {
             return Outcome::Done;
         };
-        let (index, now) = (self.index as u16, self.engine.now());
+        let now = self.engine.now();
         let Some(entry) = self.entry_mut(key) else {
             return Outcome::Done;
         };
@@ -200,7 +203,6 @@ impl Shard {
             user,
             incarnation: logged.incarnation,
             op,
-            reply: pending.then_some((index, key)),
         });
         if pending {
             if let Some(outbox) = self.outbox(key) {
@@ -221,7 +223,6 @@ impl Shard {
                 user,
                 incarnation: logged.incarnation,
                 op: WriteOp::Purge(logged.change + 1),
-                reply: None,
             });
         }
     }
@@ -234,7 +235,6 @@ impl Shard {
                 user,
                 incarnation,
                 op: WriteOp::NewestSession,
-                reply: None,
             });
         }
     }
@@ -249,9 +249,9 @@ impl Shard {
         );
     }
 
-    /// Answers the session's waiting `status_update` if the log now holds its
-    /// write (`change` or a later one).
-    pub(super) fn log_acked(&mut self, key: SessionKey, change: u64) {
+    /// Answers the session's waiting `status_update` if its write (`change`,
+    /// or a later one) was read back from the log.
+    fn log_acked(&mut self, key: SessionKey, change: u64) {
         let Some(logged) = self.entry_mut(key).and_then(|e| e.logged.as_deref_mut()) else {
             return;
         };

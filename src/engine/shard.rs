@@ -783,7 +783,6 @@ impl Shard {
             ShardMsg::Shutdown => self.close_all(CloseCause::Shutdown),
             ShardMsg::ApplyPresence(record) => self.apply_presence(*record),
             ShardMsg::DropOrigin(origin) => self.drop_origin(origin),
-            ShardMsg::LogAcked { session, change } => self.log_acked(session, change),
             ShardMsg::NewestSession { user, session, seq } => {
                 self.newest_session(user, session, seq)
             }

@@ -1,7 +1,7 @@
 //! Cluster mode on the shards, without threads, sockets or NATS: the test
-//! plays the presence log ([`Log`]). It stores the shards' writes in order,
-//! and decides when each record comes back (`ApplyPresence`), when a write
-//! is acknowledged (`LogAcked`) and what a snapshot fetch answers, so the
+//! plays the presence log. It stores the shards' writes in order, and
+//! decides when each record comes back (`ApplyPresence`) and what a
+//! snapshot fetch answers, so the
 //! shard-side rules of [`super::replica`] run deterministically: the ack
 //! before the echo, a follow snapshot joined with the records after it,
 //! records that arrive while a user loads, an ended incarnation, users
@@ -45,8 +45,8 @@ struct Node {
     commands: UnboundedReceiver<Command>,
     /// Every record, in log order.
     log: Vec<Entry>,
-    /// Writes stored but not yet acknowledged or read back: (shard, key, entry).
-    unread: Vec<(Option<(u16, SessionKey)>, Entry)>,
+    /// Records not read back yet.
+    unread: Vec<Entry>,
     /// Fetches asked for and not answered: (shard, users, since).
     fetches: Vec<(u16, Vec<UserId>, u64)>,
 }
@@ -170,7 +170,7 @@ impl Node {
             change,
         };
         self.log.push(entry.clone());
-        self.unread.push((write.reply, entry));
+        self.unread.push(entry);
     }
 
     /// A record written by another node.
@@ -188,31 +188,14 @@ impl Node {
             change,
         };
         self.log.push(entry.clone());
-        self.unread.push((None, entry));
+        self.unread.push(entry);
     }
 
     /// The replicator reads every unread record (before any ack, as when
     /// the watch is faster than the publish acknowledgement).
     fn read_log(&mut self) {
-        for (_, entry) in std::mem::take(&mut self.unread) {
+        for entry in std::mem::take(&mut self.unread) {
             self.route(&entry);
-        }
-        self.pump();
-    }
-
-    /// The publishes are acknowledged, but the records not read yet.
-    fn ack_writes(&mut self) {
-        for (reply, entry) in &self.unread {
-            if let Some((shard, session)) = reply {
-                let change = entry.change;
-                self.handle.send(
-                    usize::from(*shard),
-                    ShardMsg::LogAcked {
-                        session: *session,
-                        change,
-                    },
-                );
-            }
         }
         self.pump();
     }
@@ -327,26 +310,27 @@ fn follow(ids: &[UserId]) -> RequestBody {
 }
 
 #[test]
-fn an_update_waits_for_the_log_and_its_ack_comes_before_the_echo() {
+fn an_update_is_answered_when_its_record_is_read_back_and_before_its_echo() {
     let mut node = Node::new();
     let alice = node.user_on(0, 0);
     let a = node.connect(alice, false);
     node.answer_fetches(); // alice's own user loads (nothing in the log)
     assert_eq!(node.request(&a, update(Some("one"))), Outcome::Pending);
+    assert_eq!(node.log.len(), 1, "written to the log");
     assert_eq!(
         texts(&a),
         Vec::<String>::new(),
-        "nothing before the log has it"
+        "nothing before it is read back"
     );
-    // The record comes back before the publish is acknowledged.
     node.read_log();
     assert_eq!(texts(&a), ["ack", "event:+one"]);
-    // The other order: acknowledged first, read later.
-    assert_eq!(node.request(&a, update(Some("two"))), Outcome::Pending);
-    node.ack_writes();
-    assert_eq!(texts(&a), ["ack"]);
+    assert_eq!(node.request(&a, update(None)), Outcome::Pending);
     node.read_log();
-    assert_eq!(texts(&a), ["event:+two-one"]);
+    assert_eq!(texts(&a), ["ack", "event:-one"]);
+    // Clearing a session without a status writes nothing and is answered at once.
+    assert_eq!(node.request(&a, update(None)), Outcome::Done);
+    assert_eq!(texts(&a), ["ack"]);
+    assert_eq!(node.log.len(), 2);
 }
 
 #[test]

@@ -111,6 +111,11 @@ pub(super) struct ReplicaState {
     /// Follow grants waiting for snapshots, by number.
     parked: AHashMap<u64, ParkedGrant>,
     next_grant: u64,
+    /// Users named by parked grants, with how many: they stay kept until
+    /// the grants run, or a user loaded early would be released (nothing
+    /// follows it yet) and fetched again when the grant runs, which would
+    /// then wait for it while another of its users is released, and so on.
+    pinned: AHashMap<UserId, u32>,
 }
 
 /// A local session's place in the log (cluster mode only; boxed in the
@@ -262,7 +267,11 @@ impl Shard {
     /// session follows it (its own sessions follow it from the start).
     fn interested(&self, user: UserId) -> bool {
         self.followers.followers_of(user).is_some()
-            || self.users.get(&user).is_some_and(|u| !u.interest.is_empty())
+            || self
+                .users
+                .get(&user)
+                .is_some_and(|u| !u.interest.is_empty())
+            || self.replica_state.pinned.contains_key(&user)
     }
 
     /// Whether the replica of `user` is loaded (cluster mode; always true
@@ -547,6 +556,9 @@ impl Shard {
     ) {
         let id = self.replica_state.next_grant;
         self.replica_state.next_grant += 1;
+        for user in &users {
+            *self.replica_state.pinned.entry(*user).or_default() += 1;
+        }
         for user in loading {
             if let Some(l) = self
                 .users
@@ -579,13 +591,26 @@ impl Shard {
             return;
         }
         if let Some(grant) = self.replica_state.parked.remove(&id) {
-            // Runs the grant again: users released meanwhile load again.
+            for user in &grant.users {
+                if let Some(n) = self.replica_state.pinned.get_mut(user) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.replica_state.pinned.remove(user);
+                    }
+                }
+            }
+            let users = grant.users.clone();
+            // Runs the grant again (its users are all loaded: pinned).
             self.handle(ShardMsg::Follow {
                 from_shard: grant.from_shard,
                 session: grant.session,
                 users: grant.users,
                 new_edges: grant.new_edges,
             });
+            // Users the grant did not end up following (none, usually).
+            for user in users {
+                self.release_if_uninterested(user);
+            }
         }
     }
 

@@ -295,6 +295,7 @@ pub fn coord(
         "self_delivered": sum(&v, "self_delivered"),
         "missing": sum(&v, "missing"),
         "duplicate": sum(&v, "dup"),
+        "coalesced": sum(&v, "coalesced"),
         "out_of_order": sum(&v, "ooo"),
         "unexpected": sum(&v, "unexpected"),
         "leave_events": sum(&v, "leaves"),
@@ -394,9 +395,7 @@ struct H {
     delivered: u64,
     in_window: u64,
     self_delivered: u64,
-    dup: u64,
-    ooo: u64,
-    gap_missing: u64,
+    seqs: Seqs,
     unexpected: u64,
     leaves: u64,
     other: u64,
@@ -412,22 +411,44 @@ struct H {
     strict: Strict,
 }
 
-impl H {
+/// Per-pair sequence anomalies.
+#[derive(Default)]
+struct Seqs {
+    dup: u64,
+    ooo: u64,
+    /// Statuses never received, the next event's leave not naming the last
+    /// one received: lost.
+    missing: u64,
+    /// Statuses skipped by a node that read only the latest (cluster mode's
+    /// documented coalescing): the next event's leave names the last status
+    /// the follower received.
+    coalesced: u64,
+}
+
+impl Seqs {
+    /// Checks `seq` (of event `payload`) against the pair's `last`; true
+    /// when it is new (in order, possibly after a gap).
     #[inline]
-    fn pair_check(last: &mut u32, seq: u32, dup: &mut u64, ooo: &mut u64, gap: &mut u64) -> bool {
+    fn check(&mut self, last: &mut u32, seq: u32, payload: &[u8]) -> bool {
         let l = *last;
         if l == FRESH || seq == l.wrapping_add(1) {
             *last = seq;
             true
         } else if seq > l {
-            *gap += (seq - l - 1) as u64;
+            let skipped = (seq - l - 1) as u64;
+            let leave = presence_status(payload, true).and_then(parse_stamp);
+            if leave.is_some_and(|st| st.seq == l) {
+                self.coalesced += skipped;
+            } else {
+                self.missing += skipped;
+            }
             *last = seq;
             true
         } else {
             if seq == l {
-                *dup += 1;
+                self.dup += 1;
             } else {
-                *ooo += 1;
+                self.ooo += 1;
             }
             false
         }
@@ -451,13 +472,7 @@ impl Handler for H {
                     return;
                 };
                 if st.user == self.own[conn] {
-                    if Self::pair_check(
-                        &mut self.own_last[conn],
-                        st.seq,
-                        &mut self.dup,
-                        &mut self.ooo,
-                        &mut self.gap_missing,
-                    ) {
+                    if self.seqs.check(&mut self.own_last[conn], st.seq, payload) {
                         self.self_delivered += 1;
                     }
                     return;
@@ -467,13 +482,7 @@ impl Handler for H {
                     self.unexpected += 1;
                     return;
                 };
-                if Self::pair_check(
-                    &mut self.last[a + k],
-                    st.seq,
-                    &mut self.dup,
-                    &mut self.ooo,
-                    &mut self.gap_missing,
-                ) {
+                if self.seqs.check(&mut self.last[a + k], st.seq, payload) {
                     self.delivered += 1;
                     if now <= self.window_end {
                         self.in_window += 1;
@@ -567,9 +576,7 @@ pub fn shard(
         delivered: 0,
         in_window: 0,
         self_delivered: 0,
-        dup: 0,
-        ooo: 0,
-        gap_missing: 0,
+        seqs: Seqs::default(),
         unexpected: 0,
         leaves: 0,
         other: 0,
@@ -731,17 +738,17 @@ pub fn shard(
                         ctx.out.send(
                             "tick",
                             json!({"n": tick_no, "secs": (now - t0) as f64 / 1e9, "open": ctx.net.open,
-                                "delivered": h.delivered - d0, "missing": h.gap_missing - m0, "dup": h.dup - du0,
-                                "ooo": h.ooo - o0, "closes": h.closes - c0, "reconnects": reconnects - r0,
+                                "delivered": h.delivered - d0, "missing": h.seqs.missing - m0, "dup": h.seqs.dup - du0,
+                                "ooo": h.seqs.ooo - o0, "closes": h.closes - c0, "reconnects": reconnects - r0,
                                 "hist": h.ihist.to_wire()}),
                         );
                         h.ihist = Hist::new();
                         last_tick = (
                             now,
                             h.delivered,
-                            h.gap_missing,
-                            h.dup,
-                            h.ooo,
+                            h.seqs.missing,
+                            h.seqs.dup,
+                            h.seqs.ooo,
                             h.closes,
                             reconnects,
                         );
@@ -802,7 +809,8 @@ pub fn shard(
                     "verified",
                     json!({"delivered": h.delivered, "in_window": h.in_window, "self_delivered": h.self_delivered,
                         "expected": expected,
-                        "missing": h.gap_missing + tail_missing, "dup": h.dup, "ooo": h.ooo,
+                        "missing": h.seqs.missing + tail_missing, "dup": h.seqs.dup, "ooo": h.seqs.ooo,
+                        "coalesced": h.seqs.coalesced,
                         "unexpected": h.unexpected, "leaves": h.leaves, "other": h.other, "errors": h.errors,
                         "events": h.events - events0, "frames": ctx.net.stats.text_in - frames0,
                         "strict_errors": h.strict.errors, "strict_first": h.strict.first,

@@ -118,36 +118,45 @@ for group in $groups; do
       run mesh1-4000 mesh --users 10000 --follows 50 --rate 4000 --duration 20 --seed 4000
       stop_single ;;
     start)
-      # C11: six nodes hold 100,000 status=true sessions (at most 19,900
-      # sockets per process here); then a seventh node starts, REPEAT times,
-      # timed from spawn to /readyz 200. Then its memory per kept presence:
-      # 1,000 sessions on it follow 100 users each, all online (100,000
-      # presences kept), against the same follows of users never online.
+      # C11: six nodes hold 100,000 status=true sessions (10 per user, at
+      # most 19,900 sockets per process here), connected at 1,000/s: each
+      # user new to a node costs a fetch whose NATS CPU grows with the log
+      # (PERF.md), and the full connect rate outruns NATS. Then a seventh
+      # node starts, REPEAT times, timed from spawn to /readyz 200. Then its
+      # memory per kept presence: on a fresh seventh node, 100 sessions
+      # follow 100 users each (10,000 users x 10 sessions: 100,000 presences
+      # kept), against the same on another fresh one with users never online.
       cluster 6
       fill_log=$dir/fill.log
-      "$lg" connect --url "$URLS" "${tok[@]}" --conns 100000 --status --procs 6 \
-        --seed 500 --settle 1 --hold 3600 >"$dir/fill.json" 2>"$fill_log" &
+      "$lg" connect --url "$URLS" "${tok[@]}" --conns 100000 --sessions-per-user 10 --status \
+        --procs 6 --connect-rate 1000 --seed 500 --settle 1 --hold 3600 >"$dir/fill.json" 2>"$fill_log" &
       fill_pid=$!
       for _ in $(seq 600); do
         grep -q holding "$fill_log" && break
         sleep 0.5
       done
       grep -q holding "$fill_log" || { echo "the fill did not finish in 300 s" >&2; exit 1; }
+      grep -o 'holding [0-9]* connections' "$fill_log" >&2
+      node7() {
+        "${cl[@]}" kill "$dir" 7 >/dev/null 2>&1 || true
+        rm -rf "$dir/node7"
+        "${cl[@]}" node "$dir" 7
+      }
       for i in $(seq "$REPEAT"); do
         load=$(cut -d' ' -f1-3 /proc/loadavg)
-        line=$("${cl[@]}" node "$dir" 7)
+        line=$(node7)
         echo "$line" >&2
         python3 -c 'import json,sys,re; print(json.dumps({"label": "start-7th", "when": sys.argv[2], "load_before": sys.argv[3], "ready_ms": float(re.search(r"after (\d+) ms", sys.argv[1]).group(1))}))' \
           "$line" "$(date -u +%FT%TZ)" "$load" >>"$OUT"
-        if [ "$i" -lt "$REPEAT" ]; then "${cl[@]}" kill "$dir" 7; rm -rf "$dir/node7"; fi
       done
-      eval "$("${cl[@]}" env "$dir")"
-      node7=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nodes"]["7"]["url"])' "$dir/pids")
-      pid7=${PIDS##*,}
-      URLS=$node7 PIDS=$pid7 run memory-kept connect --conns 1000 --follows 100 \
-        --follow-seed 500 --follow-users 100000 --seed 7001 --settle 2
-      URLS=$node7 PIDS=$pid7 run memory-offline connect --conns 1000 --follows 100 \
-        --follow-seed 501 --follow-users 100000 --seed 7002 --settle 2
+      for seed in 501 500; do
+        node7 >/dev/null
+        eval "$("${cl[@]}" env "$dir")"
+        label=memory-kept
+        [ "$seed" = 501 ] && label=memory-offline
+        URLS=ws://127.0.2.17:7350 PIDS=${PIDS##*,} run "$label" connect --conns 100 --follows 100 \
+          --follow-rate 5 --follow-seed "$seed" --follow-users 10000 --seed 7001 --settle 2
+      done
       kill "$fill_pid" 2>/dev/null || true
       wait "$fill_pid" 2>/dev/null || true
       fill_pid= ;;

@@ -76,6 +76,11 @@ pub struct Common {
     /// Connects in flight per shard.
     #[arg(long, default_value_t = 512)]
     pub concurrency: usize,
+    /// Connects started per second, all shards together (0 = as fast as
+    /// `--concurrency` allows). A cluster writes every `status=true`
+    /// connect to its log: a fill at the full rate can outrun NATS.
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
     /// Upper bound of every waiting phase, seconds.
     #[arg(long, default_value_t = 120.0)]
     pub phase_timeout: f64,
@@ -119,6 +124,14 @@ pub struct ConnectArgs {
     /// Users to follow among (ids `0..N` of `--follow-seed`); default `--conns`.
     #[arg(long)]
     pub follow_users: Option<usize>,
+    /// Follow requests (of at most 100 ids) sent per second, all shards
+    /// together (0 = all at once).
+    #[arg(long, default_value_t = 0.0)]
+    pub follow_rate: f64,
+    /// Sessions per user: connection `c` is a session of user `c / K` (all
+    /// of a user's sessions on its node).
+    #[arg(long, default_value_t = 1)]
+    pub sessions_per_user: usize,
 }
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -280,6 +293,7 @@ fn unreachable_common() -> &'static Common {
         duration: None,
         seed: 1,
         concurrency: 1,
+        connect_rate: 0.0,
         phase_timeout: 1.0,
         auth_threads: 1,
         batch_us: None,

@@ -112,14 +112,17 @@ impl Ctx {
         self.sources[local % self.sources.len()]
     }
 
-    /// Opens every `(conn, node, path)` with at most `concurrency` in flight.
+    /// Opens every `(conn, node, path)` with at most `--concurrency` in
+    /// flight and, with `--connect-rate`, this shard's share of that rate,
+    /// within `--phase-timeout`.
     pub fn connect_all<H: Handler>(
         &mut self,
         h: &mut H,
         list: &[(usize, usize, String)],
-        concurrency: usize,
-        timeout: Duration,
+        c: &Common,
     ) -> Result<ConnectResult> {
+        let (concurrency, timeout) = (c.concurrency, crate::scen::phase_timeout(c));
+        let rate = c.connect_rate.max(0.0) / self.shards.max(1) as f64;
         let start = now_ns();
         let deadline = start + timeout.as_nanos() as u64;
         let failed0 = self.net.stats.connect_failed;
@@ -128,7 +131,12 @@ impl Ctx {
         let mut open_errors = 0u64;
         let mut first_error: Option<String> = None;
         for _ in 0..100_000_000u64 {
-            while next < list.len() && self.net.in_flight < concurrency {
+            let due = if rate > 0.0 {
+                ((now_ns() - start) as f64 / 1e9 * rate) as usize + 1
+            } else {
+                usize::MAX
+            };
+            while next < list.len() && self.net.in_flight < concurrency && next < due {
                 let (conn, node, path) = &list[next];
                 let src = self.source_for(*conn);
                 if let Err(e) = self.net.open(*conn, src, *node, path) {

@@ -402,7 +402,6 @@ impl Rng {
 }
 
 pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<()> {
-    let t = phase_timeout(&a.common);
     let users = user_dir(&a.common, a.users, &users_file)?;
     let duration = a.common.duration.unwrap_or(10.0).clamp(0.1, 86_400.0);
     let grace = (a.grace.clamp(0.0, 60.0) * 1e9) as u64;
@@ -429,7 +428,7 @@ pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<
     let list: Vec<(usize, usize, String)> = (0..a.users)
         .map(|i| Ok((i, users.node(i, nodes), users.ws_path(i, false)?)))
         .collect::<Result<_>>()?;
-    let warm = ctx.connect_all(&mut m, &list, a.common.concurrency, t)?;
+    let warm = ctx.connect_all(&mut m, &list, &a.common)?;
     for i in 0..a.users {
         ctx.net.close(i, true, false);
     }

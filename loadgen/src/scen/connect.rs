@@ -114,12 +114,13 @@ impl Handler for H {
 pub fn shard(a: &ConnectArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<()> {
     let t = phase_timeout(&a.common);
     let n = local_count(a.conns, ctx.shard, ctx.shards);
-    let users = user_dir(&a.common, a.conns, &users_file)?;
+    let per_user = a.sessions_per_user.max(1);
+    let users = user_dir(&a.common, a.conns.div_ceil(per_user), &users_file)?;
     ctx.net.set_conns(n);
     let nodes = ctx.net.nodes();
     let mut list = Vec::with_capacity(n);
     for j in 0..n {
-        let user = ctx.shard + j * ctx.shards;
+        let user = (ctx.shard + j * ctx.shards) / per_user;
         list.push((j, users.node(user, nodes), users.ws_path(user, a.status)?));
     }
     drop(users);
@@ -159,14 +160,26 @@ pub fn shard(a: &ConnectArgs, mut ctx: Ctx, users_file: Option<String>) -> Resul
         let cmd = ctx.next_cmd(&mut h, Duration::from_secs(86_400 * 7))?;
         match cmd.cmd.as_str() {
             "connect" => {
-                let r = ctx.connect_all(&mut h, &list, a.common.concurrency, t)?;
+                let r = ctx.connect_all(&mut h, &list, &a.common)?;
                 ctx.out.send("connected", serde_json::to_value(&r)?);
             }
             "follow" => {
                 let (r0, e0, p0) = (h.replies, h.errors, h.presences);
                 let (mut sent, mut ids) = (0u64, 0u64);
+                let start = crate::sys::now_ns();
+                let deadline = start + t.as_nanos() as u64;
+                // This shard's share of --follow-rate (requests per second).
+                let rate = a.follow_rate.max(0.0) / ctx.shards.max(1) as f64;
+                let mut issued = 0u64;
                 for (j, reqs) in follows.iter().enumerate() {
                     for m in reqs {
+                        while rate > 0.0
+                            && (crate::sys::now_ns() - start) as f64 / 1e9 * rate < issued as f64
+                            && crate::sys::now_ns() < deadline
+                        {
+                            ctx.pump(&mut h, Duration::from_millis(1))?;
+                        }
+                        issued += 1;
                         if ctx.net.send_text(j, m.as_bytes()) {
                             sent += 1;
                         }
@@ -178,7 +191,6 @@ pub fn shard(a: &ConnectArgs, mut ctx: Ctx, users_file: Option<String>) -> Resul
                         ctx.pump(&mut h, Duration::ZERO)?;
                     }
                 }
-                let deadline = crate::sys::now_ns() + t.as_nanos() as u64;
                 ctx.run_until(&mut h, deadline, |_, h| h.replies - r0 >= sent)?;
                 ctx.out.send(
                     "followed",

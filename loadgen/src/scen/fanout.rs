@@ -224,7 +224,7 @@ pub fn shard(a: &FanoutArgs, mut ctx: Ctx, users_file: Option<String>) -> Result
         let cmd = ctx.next_cmd(&mut h, Duration::from_secs(86_400 * 7))?;
         match cmd.cmd.as_str() {
             "connect" => {
-                let r = ctx.connect_all(&mut h, &list, a.common.concurrency, t)?;
+                let r = ctx.connect_all(&mut h, &list, &a.common)?;
                 ctx.out.send("connected", serde_json::to_value(&r)?);
             }
             "follow" => {

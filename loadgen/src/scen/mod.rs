@@ -36,7 +36,7 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
         bail!("--procs and --threads must be at least 1");
     }
     let users = match &s {
-        Scenario::Connect(a) => a.conns,
+        Scenario::Connect(a) => a.conns.div_ceil(a.sessions_per_user.max(1)),
         Scenario::Fanout(a) => a.followers + 1,
         Scenario::Mesh(a) | Scenario::Soak(a) => a.users,
         Scenario::Xnode(a) => a.updaters + a.followers,

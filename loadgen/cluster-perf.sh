@@ -5,7 +5,10 @@
 # or a fresh single Herald for the single-node figure beside it, runs
 # loadgen with --server-pid (every node) and --nats-pid, and appends one
 # JSON line per run to $OUT (default /tmp/herald-cluster-perf.jsonl), with
-# the label, the UTC time and the load average before the run.
+# the label, the UTC time, the load average before the run, and
+# `others_cpu_pct`: the machine's busy CPU over the run not charged to
+# the measured processes (nodes, NATS, loadgen), in percent of one core,
+# i.e. what anything else on the box took meanwhile.
 #
 #   bash loadgen/cluster-perf.sh                 # every group (about 25 minutes)
 #   bash loadgen/cluster-perf.sh xnode fanout    # groups: xnode fanout mesh start
@@ -35,8 +38,20 @@ cleanup() {
   if [ -n "$fill_pid" ]; then kill "$fill_pid" 2>/dev/null || true; wait "$fill_pid" 2>/dev/null || true; fi
   if [ -n "$single_pid" ]; then kill "$single_pid" 2>/dev/null || true; wait "$single_pid" 2>/dev/null || true; fi
   "${cl[@]}" stop "$dir" >/dev/null 2>&1 || true
+  rm -rf "$dir"
 }
 trap cleanup EXIT
+
+# Busy CPU (user, nice, system, irq, softirq) of the whole machine, and
+# user+system of the measured servers, in ms.
+machine_ms() { awk '/^cpu /{print ($2+$3+$4+$7+$8)*10}' /proc/stat; }
+servers_ms() {
+  local total=0 p
+  for p in ${PIDS//,/ } ${NATS_PID:-}; do
+    total=$((total + $(awk '{print ($14+$15)*10}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
 
 # cluster N: a fresh cluster of N nodes; sets URLS PIDS ADMINS NATS_PID.
 cluster() {
@@ -75,9 +90,19 @@ run() {
   echo "==> $label ($when, load $load): loadgen $*" >&2
   local nats=()
   [ -n "${NATS_PID:-}" ] && nats=(--nats-pid "$NATS_PID")
-  "$lg" "$@" --url "$URLS" "${tok[@]}" --server-pid "$PIDS" "${nats[@]}" 2>/dev/null |
-    python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d.update(label=sys.argv[1], when=sys.argv[2], load_before=sys.argv[3]); print(json.dumps(d))' \
-      "$label" "$when" "$load" >>"$OUT"
+  local m0 s0 t0 m1 s1 t1 out
+  m0=$(machine_ms) s0=$(servers_ms) t0=$(date +%s%3N)
+  out=$("$lg" "$@" --url "$URLS" "${tok[@]}" --server-pid "$PIDS" "${nats[@]}" 2>/dev/null)
+  m1=$(machine_ms) s1=$(servers_ms) t1=$(date +%s%3N)
+  python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+m0, m1, s0, s1, t0, t1 = map(int, sys.argv[5:11])
+loadgen_ms = d.get("loadgen_total", {}).get("cpu_s", 0) * 1000
+others = (m1 - m0) - (s1 - s0) - loadgen_ms
+d.update(label=sys.argv[2], when=sys.argv[3], load_before=sys.argv[4],
+         others_cpu_pct=round(100 * others / max(t1 - t0, 1), 1))
+print(json.dumps(d))' "$out" "$label" "$when" "$load" "$m0" "$m1" "$s0" "$s1" "$t0" "$t1" >>"$OUT"
 }
 
 for group in $groups; do
@@ -170,12 +195,12 @@ for r in (json.loads(l) for l in open(sys.argv[1]) if l.strip()):
     label, lat = r.get("label", ""), r.get("latency") or {}
     if label.startswith(("xnode", "mesh")):
         nats = (r.get("nats_run") or {}).get("cpu_us_per_change")
-        print(f"{label:18s} {r['when']} load {r['load_before']:14s} asked {r['asked_deliveries_per_sec']:>9.0f}/s "
+        print(f"{label:18s} {r['when']} load {r['load_before']:14s} others {r.get('others_cpu_pct')} % asked {r['asked_deliveries_per_sec']:>9.0f}/s "
               f"delivered {r['delivered_per_sec_in_window']:>9.0f}/s missing {r['missing']} coalesced {r.get('coalesced')} dup {r['duplicate']} ooo {r['out_of_order']} "
               f"p50 {lat.get('p50_us',0)/1e3:.2f} p99 {lat.get('p99_us',0)/1e3:.2f} p99.9 {lat.get('p999_us',0)/1e3:.2f} max {lat.get('max_us',0)/1e3:.1f} ms "
               f"NATS {nats if nats is None else round(nats, 1)} µs/change steal {r['server_run'].get('machine_steal_pct',0):.1f} %")
     elif label.startswith("fanout"):
-        print(f"{label:18s} {r['when']} load {r['load_before']:14s} last delivery (median of rounds) {r['median_last_delivery_ms']:.1f} ms "
+        print(f"{label:18s} {r['when']} load {r['load_before']:14s} others {r.get('others_cpu_pct')} % last delivery (median of rounds) {r['median_last_delivery_ms']:.1f} ms "
               f"p50 {r['median_p50_ms']:.1f} ms missing {r['missing']} dup {r['duplicate']} ooo {r['out_of_order']} "
               f"server {r['server_rounds'].get('cpu_us_per_delivery',0):.2f} µs/delivery steal {r['server_rounds'].get('machine_steal_pct',0):.1f} %")
     elif label == "start-7th":

@@ -33,7 +33,10 @@ struct Cli {
 /// Options every scenario takes.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct Common {
-    /// Server address, `ws://IP:PORT`.
+    /// Server address, `ws://IP:PORT`; for a cluster, the nodes'
+    /// addresses, comma-separated. Each user's sessions go to node
+    /// `fnv1a64(user id) % nodes` (see `users::node_of`) unless the scenario
+    /// places users itself.
     #[arg(long, default_value = "ws://127.0.0.1:7350")]
     pub url: String,
     /// Server key for `POST /v2/account/authenticate/custom` (Basic auth user).
@@ -53,8 +56,14 @@ pub struct Common {
     #[arg(long, default_value_t = 1)]
     pub source_addrs: usize,
     /// Server pid: report its RSS and CPU (utime+stime) around each phase.
+    /// For a cluster, every node's pid, comma-separated: each is reported
+    /// (`nodes`) and the sums take the single server's place.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// NATS server pid (cluster mode): its RSS and CPU are reported beside
+    /// the server's, and its CPU per status change.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub nats_pid: Option<u32>,
     /// Fully parse every frame with Herald's decoder and check its shape.
     #[arg(long)]
     pub strict: bool,
@@ -67,6 +76,11 @@ pub struct Common {
     /// Connects in flight per shard.
     #[arg(long, default_value_t = 512)]
     pub concurrency: usize,
+    /// Connects started per second, all shards together (0 = as fast as
+    /// `--concurrency` allows). A cluster writes every `status=true`
+    /// connect to its log: a fill at the full rate can outrun NATS.
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
     /// Upper bound of every waiting phase, seconds.
     #[arg(long, default_value_t = 120.0)]
     pub phase_timeout: f64,
@@ -97,6 +111,27 @@ pub struct ConnectArgs {
     /// Seconds to hold the connections open after measuring.
     #[arg(long, default_value_t = 0.0)]
     pub hold: f64,
+    /// After connecting, each connection follows this many users: those of
+    /// `--follow-seed`, connection `c` the users `c*F .. c*F+F` (modulo
+    /// `--follow-users`). Then server RSS per follow is measured, and the
+    /// presences the snapshots list are counted.
+    #[arg(long, default_value_t = 0)]
+    pub follows: usize,
+    /// Seed of the followed users' ids (their tokens minted with
+    /// `--token-key`, e.g. by another run); default `--seed`.
+    #[arg(long)]
+    pub follow_seed: Option<u64>,
+    /// Users to follow among (ids `0..N` of `--follow-seed`); default `--conns`.
+    #[arg(long)]
+    pub follow_users: Option<usize>,
+    /// Follow requests (of at most 100 ids) sent per second, all shards
+    /// together (0 = all at once).
+    #[arg(long, default_value_t = 0.0)]
+    pub follow_rate: f64,
+    /// Sessions per user: connection `c` is a session of user `c / K` (all
+    /// of a user's sessions on its node).
+    #[arg(long, default_value_t = 1)]
+    pub sessions_per_user: usize,
 }
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -145,6 +180,34 @@ pub struct MeshArgs {
 }
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct XnodeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Users that update (users `0..U`), all on `--updater-node`.
+    #[arg(long, default_value_t = 100)]
+    pub updaters: usize,
+    /// Users that follow (users `U..U+N`), all on `--follower-node`.
+    #[arg(long, default_value_t = 1000)]
+    pub followers: usize,
+    /// Updaters each follower follows (seeded random, distinct).
+    #[arg(long, default_value_t = 10)]
+    pub follows: usize,
+    /// Node (index into `--url`) of the updaters.
+    #[arg(long, default_value_t = 0)]
+    pub updater_node: usize,
+    /// Node (index into `--url`) of the followers; the updaters' node gives
+    /// the same-node figure.
+    #[arg(long, default_value_t = 1)]
+    pub follower_node: usize,
+    /// Total status updates per second, spread over the updaters.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds to wait for late events after the update window.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct ChurnArgs {
     #[command(flatten)]
     pub common: Common,
@@ -164,6 +227,22 @@ pub struct ChurnArgs {
     /// Seconds to wait for the last events before checking.
     #[arg(long, default_value_t = 3.0)]
     pub drain: f64,
+    /// Each new session goes to a seeded random node of `--url` instead of
+    /// its user's node, so that one user has sessions on several nodes.
+    #[arg(long)]
+    pub spread_sessions: bool,
+    /// A node's admin listener, `http://IP:PORT`: after the drain, every
+    /// follower's view of each user it follows is compared with
+    /// `GET /v2/status` there (in cluster mode the log itself), and that
+    /// answer with what the sessions did.
+    #[arg(long)]
+    pub status_url: Option<String>,
+    /// The backend API's key (the server's `--http-key`).
+    #[arg(long, default_value = "defaulthttpkey")]
+    pub http_key: String,
+    /// Seconds the views get to agree with the status API after the drain.
+    #[arg(long, default_value_t = 10.0)]
+    pub settle: f64,
 }
 
 #[derive(Debug, Clone, Subcommand, Serialize, Deserialize)]
@@ -174,6 +253,9 @@ pub enum Scenario {
     Fanout(FanoutArgs),
     /// N users each following F others, updates at a total rate R for T seconds.
     Mesh(MeshArgs),
+    /// Updaters on one node, their followers on another (cluster mode):
+    /// cross-node latency of a change at a fixed rate, every event verified.
+    Xnode(XnodeArgs),
     /// Random connect/disconnect/follow/unfollow/update checked against a model.
     Churn(ChurnArgs),
     /// A long bounded mesh with reconnects and a report line every 10 s.
@@ -189,6 +271,7 @@ impl Scenario {
             Scenario::Connect(a) => &a.common,
             Scenario::Fanout(a) => &a.common,
             Scenario::Mesh(a) | Scenario::Soak(a) => &a.common,
+            Scenario::Xnode(a) => &a.common,
             Scenario::Churn(a) => &a.common,
             Scenario::Worker => unreachable_common(),
         }
@@ -204,11 +287,13 @@ fn unreachable_common() -> &'static Common {
         procs: 1,
         threads: 1,
         source_addrs: 1,
-        server_pid: None,
+        server_pid: Vec::new(),
+        nats_pid: None,
         strict: false,
         duration: None,
         seed: 1,
         concurrency: 1,
+        connect_rate: 0.0,
         phase_timeout: 1.0,
         auth_threads: 1,
         batch_us: None,

@@ -111,8 +111,9 @@ pub struct Net {
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     mask: MaskGen,
-    server: SocketAddr,
-    host_header: String,
+    /// The servers (cluster nodes) and their `Host` headers; a connection
+    /// names one by index when it opens.
+    servers: Vec<(SocketAddr, String)>,
     /// Connections with unread data left after `MAX_READS_PER_EVENT`.
     backlog: Vec<usize>,
     ready: Vec<(usize, bool, bool)>,
@@ -134,7 +135,10 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(n: usize, server: SocketAddr, seed: u64) -> io::Result<Net> {
+    pub fn new(n: usize, servers: &[SocketAddr], seed: u64) -> io::Result<Net> {
+        if servers.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no server"));
+        }
         let poll = Poll::new()?;
         Ok(Net {
             poll,
@@ -143,8 +147,7 @@ impl Net {
             rbuf: vec![0u8; RBUF],
             wbuf: Vec::with_capacity(4096),
             mask: MaskGen::new(seed ^ 0x9e37_79b9_7f4a_7c15),
-            server,
-            host_header: server.to_string(),
+            servers: servers.iter().map(|s| (*s, s.to_string())).collect(),
             backlog: Vec::new(),
             ready: Vec::with_capacity(4096),
             last_ready: 0,
@@ -177,18 +180,35 @@ impl Net {
         Waker::new(self.poll.registry(), WAKER)
     }
 
-    /// Starts connecting `conn` from `source` to `GET path`.
-    pub fn open(&mut self, conn: usize, source: Ipv4Addr, path: &str) -> io::Result<()> {
+    /// Servers this loop connects to.
+    pub fn nodes(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Starts connecting `conn` from `source` to `GET path` on server `node`.
+    pub fn open(
+        &mut self,
+        conn: usize,
+        source: Ipv4Addr,
+        node: usize,
+        path: &str,
+    ) -> io::Result<()> {
         let state = self.conns[conn].state;
         if state != State::Idle && state != State::Closed {
             return Ok(());
         }
+        let Some(&(server, _)) = self.servers.get(node) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no server {node}"),
+            ));
+        };
         let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
         sock.set_nonblocking(true)?;
         sock.set_tcp_nodelay(true)?;
         sock.set_reuse_address(true)?;
         self.bind_port(&sock, source)?;
-        match sock.connect(&self.server.into()) {
+        match sock.connect(&server.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(115) || e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
@@ -211,7 +231,7 @@ impl Net {
         c.tx.extend_from_slice(b"GET ");
         c.tx.extend_from_slice(path.as_bytes());
         c.tx.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-        c.tx.extend_from_slice(self.host_header.as_bytes());
+        c.tx.extend_from_slice(self.servers[node].1.as_bytes());
         c.tx.extend_from_slice(
             b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         );
@@ -798,9 +818,9 @@ mod tests {
             let mut rest = Vec::new();
             let _ = s.read_to_end(&mut rest);
         });
-        let mut net = Net::new(1, addr, 7).expect("net");
+        let mut net = Net::new(1, &[addr], 7).expect("net");
         let mut rec = Rec::default();
-        net.open(0, Ipv4Addr::new(127, 0, 0, 1), "/ws?token=x")
+        net.open(0, Ipv4Addr::new(127, 0, 0, 1), 0, "/ws?token=x")
             .expect("open");
         let deadline = now_ns() + 10_000_000_000;
         while rec.closes.is_empty() && now_ns() < deadline {

@@ -112,14 +112,17 @@ impl Ctx {
         self.sources[local % self.sources.len()]
     }
 
-    /// Opens every `(conn, path)` with at most `concurrency` in flight.
+    /// Opens every `(conn, node, path)` with at most `--concurrency` in
+    /// flight and, with `--connect-rate`, this shard's share of that rate,
+    /// within `--phase-timeout`.
     pub fn connect_all<H: Handler>(
         &mut self,
         h: &mut H,
-        list: &[(usize, String)],
-        concurrency: usize,
-        timeout: Duration,
+        list: &[(usize, usize, String)],
+        c: &Common,
     ) -> Result<ConnectResult> {
+        let (concurrency, timeout) = (c.concurrency, crate::scen::phase_timeout(c));
+        let rate = c.connect_rate.max(0.0) / self.shards.max(1) as f64;
         let start = now_ns();
         let deadline = start + timeout.as_nanos() as u64;
         let failed0 = self.net.stats.connect_failed;
@@ -128,10 +131,15 @@ impl Ctx {
         let mut open_errors = 0u64;
         let mut first_error: Option<String> = None;
         for _ in 0..100_000_000u64 {
-            while next < list.len() && self.net.in_flight < concurrency {
-                let (conn, path) = &list[next];
+            let due = if rate > 0.0 {
+                ((now_ns() - start) as f64 / 1e9 * rate) as usize + 1
+            } else {
+                usize::MAX
+            };
+            while next < list.len() && self.net.in_flight < concurrency && next < due {
+                let (conn, node, path) = &list[next];
                 let src = self.source_for(*conn);
-                if let Err(e) = self.net.open(*conn, src, path) {
+                if let Err(e) = self.net.open(*conn, src, *node, path) {
                     open_errors += 1;
                     first_error.get_or_insert_with(|| format!("open from {src}: {e}"));
                 }
@@ -180,7 +188,7 @@ pub fn worker_main() -> Result<()> {
     let cfg: WorkerCfg = serde_json::from_str(&first)?;
     let scenario: crate::Scenario = serde_json::from_value(cfg.scenario.clone())?;
     let common = scenario.common().clone();
-    let server = common.server_addr()?;
+    let servers = common.server_addrs()?;
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let mut senders: Vec<(mpsc::Sender<Cmd>, Arc<Waker>)> = Vec::new();
     let mut handles = Vec::new();
@@ -192,7 +200,7 @@ pub fn worker_main() -> Result<()> {
     for t in 0..cfg.threads {
         let shard = cfg.proc_index * cfg.threads + t;
         let (tx, rx) = mpsc::channel();
-        let mut net = Net::new(0, server, common.seed ^ (shard as u64) << 32)?;
+        let mut net = Net::new(0, &servers, common.seed ^ (shard as u64) << 32)?;
         let default_batch = if matches!(scenario, crate::Scenario::Fanout(_)) {
             300
         } else {
@@ -255,14 +263,28 @@ pub fn proc_sources(p: usize, n: usize) -> Vec<Ipv4Addr> {
 }
 
 impl Common {
+    /// The first server of `--url` (HTTP authentication goes there).
     pub fn server_addr(&self) -> Result<SocketAddr> {
-        let s = self
-            .url
-            .trim_start_matches("ws://")
-            .trim_start_matches("http://");
-        let host = s.split('/').next().unwrap_or(s);
-        let host = host.replace("localhost", "127.0.0.1");
-        host.parse()
-            .map_err(|e| anyhow!("--url {}: {e} (use ws://IP:PORT)", self.url))
+        Ok(self.server_addrs()?[0])
+    }
+
+    /// Every server of `--url`, in the order given (node `i` is the `i`th).
+    pub fn server_addrs(&self) -> Result<Vec<SocketAddr>> {
+        let mut out = Vec::new();
+        for url in self.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let s = url
+                .trim_start_matches("ws://")
+                .trim_start_matches("http://");
+            let host = s.split('/').next().unwrap_or(s);
+            let host = host.replace("localhost", "127.0.0.1");
+            out.push(
+                host.parse()
+                    .map_err(|e| anyhow!("--url {url}: {e} (use ws://IP:PORT)"))?,
+            );
+        }
+        if out.is_empty() {
+            bail!("--url names no server");
+        }
+        Ok(out)
     }
 }

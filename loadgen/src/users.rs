@@ -20,6 +20,21 @@ pub fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The node (index into `--url`) that user id `user_id`'s sessions go to
+/// when nothing places them: FNV-1a (64-bit) of the id's text, modulo the
+/// node count. Stable across runs and processes; one node → always 0.
+pub fn node_of(user_id: &str, nodes: usize) -> usize {
+    if nodes <= 1 {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user_id.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % nodes as u64) as usize
+}
+
 /// A deterministic v4-shaped UUID for user `i` of run `seed`.
 pub fn minted_user_id(seed: u64, i: usize) -> String {
     let a = mix(seed ^ 0x6c6f_6164_6765_6e00 ^ mix(i as u64));
@@ -98,6 +113,14 @@ impl UserDir {
 
     pub fn len(&self) -> usize {
         self.n
+    }
+
+    /// The node user `i`'s sessions go to, of `nodes` ([`node_of`]).
+    pub fn node(&self, i: usize, nodes: usize) -> usize {
+        if nodes <= 1 {
+            return 0;
+        }
+        node_of(&self.id(i), nodes)
     }
 
     pub fn token(&self, i: usize) -> Result<String> {
@@ -223,6 +246,38 @@ fn auth_one(
     seed: u64,
     i: usize,
 ) -> Result<(String, String)> {
+    let body = format!("{{\"id\":\"loadgen-{seed}-{i}\"}}");
+    let (status, body) = http_exchange(
+        conn,
+        server,
+        "POST",
+        &format!("/v2/account/authenticate/custom?create=true&username=lh{seed}u{i}"),
+        &format!("Authorization: {auth}\r\nContent-Type: application/json\r\n"),
+        body.as_bytes(),
+    )?;
+    if !status.starts_with("HTTP/1.1 200") {
+        bail!("{}: {}", status.trim_end(), String::from_utf8_lossy(&body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let token = v
+        .get("token")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| anyhow!("no token"))?;
+    Ok((token_uid(token)?, token.to_owned()))
+}
+
+/// One HTTP/1.1 request over a kept-alive connection (opened first when
+/// `conn` is `None`, dropped when the server says `Connection: close`):
+/// `headers` are extra `Name: value\r\n` lines. Returns the status line
+/// and the body (at most 16 MiB, by `Content-Length`).
+pub fn http_exchange(
+    conn: &mut Option<BufReader<TcpStream>>,
+    server: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &str,
+    body: &[u8],
+) -> Result<(String, Vec<u8>)> {
     if conn.is_none() {
         let s = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -233,12 +288,13 @@ fn auth_one(
     let Some(r) = conn.as_mut() else {
         bail!("no connection")
     };
-    let body = format!("{{\"id\":\"loadgen-{seed}-{i}\"}}");
-    let req = format!(
-        "POST /v2/account/authenticate/custom?create=true&username=lh{seed}u{i} HTTP/1.1\r\nHost: {server}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {server}\r\n{headers}Content-Length: {}\r\n\r\n",
         body.len()
-    );
-    r.get_mut().write_all(req.as_bytes())?;
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    r.get_mut().write_all(&req)?;
     let mut status = String::new();
     r.read_line(&mut status)?;
     let mut len = 0usize;
@@ -260,7 +316,7 @@ fn auth_one(
             close = true;
         }
     }
-    if len > 1 << 20 {
+    if len > 16 << 20 {
         bail!("response too long");
     }
     let mut body = vec![0u8; len];
@@ -268,15 +324,7 @@ fn auth_one(
     if close {
         *conn = None;
     }
-    if !status.starts_with("HTTP/1.1 200") {
-        bail!("{}: {}", status.trim_end(), String::from_utf8_lossy(&body));
-    }
-    let v: serde_json::Value = serde_json::from_slice(&body)?;
-    let token = v
-        .get("token")
-        .and_then(|t| t.as_str())
-        .ok_or_else(|| anyhow!("no token"))?;
-    Ok((token_uid(token)?, token.to_owned()))
+    Ok((status, body))
 }
 
 #[cfg(test)]
@@ -293,6 +341,23 @@ mod tests {
         for id in [&a, &b, &c] {
             assert_eq!(id.len(), 36);
             assert!(UserId::parse(id).is_some(), "{id}");
+        }
+    }
+
+    #[test]
+    fn users_spread_over_nodes_stably() {
+        assert_eq!(node_of("anything", 1), 0);
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c.
+        assert_eq!(node_of("a", 7), (0xaf63_dc4c_8601_ec8c_u64 % 7) as usize);
+        let d = UserDir::minted(1, 10_000, "k");
+        let mut per = [0usize; 4];
+        for i in 0..10_000 {
+            let n = d.node(i, 4);
+            assert_eq!(n, node_of(&d.id(i), 4));
+            per[n] += 1;
+        }
+        for n in per {
+            assert!((2_300..2_700).contains(&n), "{per:?}");
         }
     }
 

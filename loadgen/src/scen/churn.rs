@@ -29,6 +29,14 @@
 //! The `""` join of a `status=true` connect is not unique; it is resolved by
 //! session id, and at most one `status=true` session per user may be
 //! unresolved at a time.
+//!
+//! Views (`views`): every follower's view of each user it follows is rebuilt
+//! from its snapshot and the events after it; each leave must name the
+//! status the view holds (else a gap), coalesced skips are counted apart,
+//! and with `--status-url` the final views must equal the status API's
+//! answer (the log, in cluster mode), which must equal the model.
+
+mod views;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -83,6 +91,8 @@ struct Interval {
 #[derive(Debug, Clone)]
 struct Receipt {
     at: u64,
+    /// Arrival order among the receiver's frames (events and replies).
+    ord: u64,
     user: Option<usize>,
     session_id: String,
     join: Option<String>,
@@ -93,6 +103,8 @@ struct Receipt {
 struct Snap {
     fs: u64,
     fr: u64,
+    /// Arrival order (see [`Receipt::ord`]).
+    ord: u64,
     users: Vec<usize>,
     presences: Vec<(Option<usize>, String, String)>,
 }
@@ -147,9 +159,32 @@ struct Model {
     /// Self-test of the checker (`LOADGEN_CHURN_DROP=N`): forget every Nth event.
     drop_every: u64,
     seen: u64,
+    /// Frames received so far (events and replies), for [`Receipt::ord`].
+    arrivals: u64,
 }
 
 impl Model {
+    /// The session and event a received event is (`None` when its status
+    /// names no session).
+    fn resolve(&self, r: &Receipt) -> Option<(usize, usize)> {
+        match (&r.join, &r.leave) {
+            (Some(j), _) if !j.is_empty() => self.status_of.get(j).copied(),
+            (Some(_), _) => self.session_of_id.get(&r.session_id).map(|&p| (p, 0)),
+            (None, Some(l)) if !l.is_empty() => self.status_of.get(l).map(|&(p, k)| (p, k + 1)),
+            (None, Some(_)) => self.session_of_id.get(&r.session_id).map(|&p| (p, 1)),
+            (None, None) => None,
+        }
+    }
+
+    /// The session and event whose status a snapshot lists.
+    fn resolve_listed(&self, session_id: &str, status: &str) -> Option<(usize, usize)> {
+        if status.is_empty() {
+            self.session_of_id.get(session_id).map(|&p| (p, 0))
+        } else {
+            self.status_of.get(status).copied()
+        }
+    }
+
     /// The unresolved `status=true` session of `user`, if any.
     fn unresolved_status_session(&self, user: usize) -> Option<usize> {
         self.sessions.iter().position(|s| {
@@ -206,11 +241,13 @@ impl Handler for Model {
         let s = &mut self.sessions[conn];
         s.open_at = Some(now);
         if s.status_true {
+            // Acknowledged when the session gets its own join: only then is
+            // it certainly in effect (in cluster mode, once in the log).
             s.events.push(Ev {
                 join: Some(String::new()),
                 leave: None,
                 sent: s.conn_sent,
-                acked: Some(now),
+                acked: None,
             });
             s.cur = Some(String::new());
         }
@@ -220,6 +257,8 @@ impl Handler for Model {
         if self.warm {
             return;
         }
+        self.arrivals += 1;
+        let ord = self.arrivals;
         let mut buf = payload.to_vec();
         let msg = match decode_server_message(&mut buf) {
             Ok(m) => m,
@@ -252,8 +291,15 @@ impl Handler for Model {
                 let jr = j.as_ref().map(|x| x.2.clone());
                 let lr = l.as_ref().map(|x| x.2.clone());
                 self.on_presence_seen(base.0, &base.1, jr.as_deref(), lr.as_deref());
+                if jr.as_deref() == Some("") && self.session_of_id.get(&base.1) == Some(&conn) {
+                    let own = &mut self.sessions[conn];
+                    if let Some(ev) = own.events.first_mut().filter(|_| own.status_true) {
+                        ev.acked.get_or_insert(now);
+                    }
+                }
                 self.sessions[conn].receipts.push(Receipt {
                     at: now,
+                    ord,
                     user: base.0,
                     session_id: base.1,
                     join: jr,
@@ -292,6 +338,7 @@ impl Handler for Model {
                         s.snaps.push(Snap {
                             fs,
                             fr: now,
+                            ord,
                             users,
                             presences,
                         });
@@ -355,7 +402,6 @@ impl Rng {
 }
 
 pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<()> {
-    let t = phase_timeout(&a.common);
     let users = user_dir(&a.common, a.users, &users_file)?;
     let duration = a.common.duration.unwrap_or(10.0).clamp(0.1, 86_400.0);
     let grace = (a.grace.clamp(0.0, 60.0) * 1e9) as u64;
@@ -378,10 +424,11 @@ pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<
     }
     // Warm-up: every pool user connects once, so the server knows them all.
     ctx.net.set_conns(a.users);
-    let list: Vec<(usize, String)> = (0..a.users)
-        .map(|i| Ok((i, users.ws_path(i, false)?)))
+    let nodes = ctx.net.nodes();
+    let list: Vec<(usize, usize, String)> = (0..a.users)
+        .map(|i| Ok((i, users.node(i, nodes), users.ws_path(i, false)?)))
         .collect::<Result<_>>()?;
-    let warm = ctx.connect_all(&mut m, &list, a.common.concurrency, t)?;
+    let warm = ctx.connect_all(&mut m, &list, &a.common)?;
     for i in 0..a.users {
         ctx.net.close(i, true, false);
     }
@@ -468,9 +515,14 @@ pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<
                         pending: HashMap::new(),
                     });
                     let src = ctx.source_for(p);
+                    let node = if a.spread_sessions {
+                        rng.below(nodes)
+                    } else {
+                        users.node(user, nodes)
+                    };
                     if ctx
                         .net
-                        .open(p, src, &users.ws_path(user, status_true)?)
+                        .open(p, src, node, &users.ws_path(user, status_true)?)
                         .is_err()
                     {
                         m.sessions[p].closed_at = Some(now);
@@ -635,7 +687,42 @@ pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<
         .filter(|s| s.closed_at.is_none())
         .map(|s| s.pending.len())
         .sum();
-    let report = check(&m, grace);
+    // The log's answer, and every follower's final view against it: once
+    // they agree, or when `--settle` is up.
+    let mut truth = Value::Null;
+    if let Some(url) = &a.status_url {
+        let server = crate::Common {
+            url: url.clone(),
+            ..a.common.clone()
+        }
+        .server_addr()?;
+        let settle_end = now_ns() + (a.settle.clamp(0.0, 600.0) * 1e9) as u64;
+        for round in 1..=10_000u64 {
+            let (answer, compared) = match views::fetch_truth(server, &a.http_key, &users, a.users)
+            {
+                Ok(t) => {
+                    let c = views::compare(&m, &views::build(&m), &t);
+                    (Ok(()), c)
+                }
+                Err(e) => (Err(format!("{e:#}")), views::Compared::default()),
+            };
+            let agreed = answer.is_ok() && compared.view_mismatch + compared.truth_mismatch == 0;
+            if agreed || now_ns() >= settle_end {
+                truth = json!({
+                    "error": answer.err(),
+                    "rounds": round,
+                    "views_checked": compared.views_checked,
+                    "view_mismatch": compared.view_mismatch,
+                    "truth_mismatch": compared.truth_mismatch,
+                    "examples": compared.examples,
+                });
+                break;
+            }
+            let until = now_ns() + 300_000_000;
+            ctx.run_until(&mut m, until, |_, _| false)?;
+        }
+    }
+    let report = check(&m, grace, &views::build(&m));
     let net = ctx.net.stats;
     for p in 0..m.sessions.len() {
         ctx.net.close(p, true, false);
@@ -656,6 +743,7 @@ pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<
         "decode_errors": m.decode_errors,
         "decode_first": m.decode_first,
         "session_id_conflicts": m.session_conflicts,
+        "ground_truth": truth,
         "net": net,
     });
     if let (Value::Object(o), Value::Object(r)) = (&mut out, report) {
@@ -667,25 +755,16 @@ pub fn shard(a: &ChurnArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<
 }
 
 /// The model check over everything recorded.
-fn check(m: &Model, grace: u64) -> Value {
+fn check(m: &Model, grace: u64, views: &views::Views) -> Value {
     let mut received = 0u64;
     let mut mandatory_total = 0u64;
+    let mut coalesced_skipped = 0u64;
     let (mut missing, mut dup, mut ooo, mut unexpected, mut unresolved, mut shape) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut examples: Vec<String> = Vec::new();
     let note = |v: &mut Vec<String>, s: String| {
         if v.len() < 10 {
             v.push(s);
-        }
-    };
-    // Resolve a receipt to (subject session, event index).
-    let resolve = |r: &Receipt| -> Option<(usize, usize)> {
-        match (&r.join, &r.leave) {
-            (Some(j), _) if !j.is_empty() => m.status_of.get(j).copied(),
-            (Some(_), _) => m.session_of_id.get(&r.session_id).map(|&p| (p, 0)),
-            (None, Some(l)) if !l.is_empty() => m.status_of.get(l).map(|&(p, k)| (p, k + 1)),
-            (None, Some(_)) => m.session_of_id.get(&r.session_id).map(|&p| (p, 1)),
-            (None, None) => None,
         }
     };
     for (ri, r) in m.sessions.iter().enumerate() {
@@ -734,7 +813,7 @@ fn check(m: &Model, grace: u64) -> Value {
         let mut got: HashMap<usize, Vec<usize>> = HashMap::new();
         for rc in &r.receipts {
             received += 1;
-            let Some((p, k)) = resolve(rc) else {
+            let Some((p, k)) = m.resolve(rc) else {
                 unresolved += 1;
                 note(
                     &mut examples,
@@ -750,7 +829,11 @@ fn check(m: &Model, grace: u64) -> Value {
                 );
                 continue;
             };
-            if ev.join != rc.join || ev.leave != rc.leave || rc.user != Some(m.sessions[p].user) {
+            let coalesced = views.arrived_coalesced.contains(&(ri, p, k));
+            if ev.join != rc.join
+                || (ev.leave != rc.leave && !coalesced)
+                || rc.user != Some(m.sessions[p].user)
+            {
                 shape += 1;
                 note(&mut examples, format!("session {ri}: event {k} of {p} has the wrong shape: got {rc:?}, model {ev:?}"));
             }
@@ -791,9 +874,23 @@ fn check(m: &Model, grace: u64) -> Value {
                 }
                 if mandatory(p, k, ev) {
                     mandatory_total += 1;
-                    if !got.get(&p).is_some_and(|v| v.contains(&k)) {
+                    if got.get(&p).is_some_and(|v| v.contains(&k)) {
+                        continue;
+                    }
+                    if views.skipped.contains(&(ri, p, k)) {
+                        coalesced_skipped += 1;
+                    } else {
                         missing += 1;
-                        note(&mut examples, format!("session {ri} (user {}): missing event {k} of session {p} (user {}): {ev:?}", r.user, s.user));
+                        let closed = r
+                            .closed_at
+                            .map(|c| {
+                                format!(
+                                    ", receiver closed +{} ms after it",
+                                    c.saturating_sub(ev.sent) / 1_000_000
+                                )
+                            })
+                            .unwrap_or_default();
+                        note(&mut examples, format!("session {ri} (user {}): missing event {k} of session {p} (user {}){closed}: {ev:?}", r.user, s.user));
                     }
                 }
             }
@@ -802,6 +899,7 @@ fn check(m: &Model, grace: u64) -> Value {
     // Snapshots.
     let (mut snaps, mut snap_stale, mut snap_missing, mut snap_unexpected) =
         (0u64, 0u64, 0u64, 0u64);
+    let mut snap_lagging = 0u64;
     for (ri, r) in m.sessions.iter().enumerate() {
         for sn in &r.snaps {
             snaps += 1;
@@ -815,12 +913,7 @@ fn check(m: &Model, grace: u64) -> Value {
                     );
                     continue;
                 }
-                let pk = if st.is_empty() {
-                    m.session_of_id.get(sid).map(|&p| (p, 0))
-                } else {
-                    m.status_of.get(st).copied()
-                };
-                let Some((p, k)) = pk else {
+                let Some((p, k)) = m.resolve_listed(sid, st) else {
                     snap_stale += 1;
                     note(
                         &mut examples,
@@ -856,7 +949,18 @@ fn check(m: &Model, grace: u64) -> Value {
                     let settled = s.events[k].join.is_some()
                         && s.events.get(k + 1).is_none_or(|e| e.sent > sn.fr)
                         && s.closed_at.is_none_or(|c| c > sn.fr);
-                    if settled {
+                    if !settled {
+                        continue;
+                    }
+                    // A replica behind the log (cluster mode: the follower's
+                    // node had not read the record yet) omits it, and the
+                    // event follows: the view still converges.
+                    let caught_up = r.receipts.iter().any(|rc| {
+                        rc.ord > sn.ord && m.resolve(rc).is_some_and(|(q, j)| q == p && j >= k)
+                    });
+                    if caught_up {
+                        snap_lagging += 1;
+                    } else {
                         snap_missing += 1;
                         note(&mut examples, format!("session {ri}: snapshot omits session {p} (user {x}) with status {:?}", s.events[k].join));
                     }
@@ -864,10 +968,21 @@ fn check(m: &Model, grace: u64) -> Value {
             }
         }
     }
+    examples.extend(
+        views
+            .examples
+            .iter()
+            .take(10 - examples.len().min(10))
+            .cloned(),
+    );
     json!({
         "received_events": received,
         "mandatory_events": mandatory_total,
         "missing": missing,
+        "gaps": views.gaps,
+        "snapshot_behind": views.snapshot_behind,
+        "coalesced_events": views.coalesced_events,
+        "coalesced_skipped": coalesced_skipped,
         "duplicate": dup,
         "out_of_order": ooo,
         "unexpected": unexpected,
@@ -876,6 +991,7 @@ fn check(m: &Model, grace: u64) -> Value {
         "snapshots": snaps,
         "snapshot_stale": snap_stale,
         "snapshot_missing": snap_missing,
+        "snapshot_lagging": snap_lagging,
         "snapshot_unexpected": snap_unexpected,
         "examples": examples,
     })

@@ -9,7 +9,8 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::{
-    loadgen_delta, local_count, median, phase_timeout, server_delta, sum, user_dir, Probe, Strict,
+    loadgen_delta, local_count, median, nats_per_change, phase_timeout, server_delta, sum,
+    user_dir, Probe, Strict,
 };
 use crate::cluster::Cluster;
 use crate::hist::{us, Hist, HistWire};
@@ -34,7 +35,7 @@ pub fn coord(a: &FanoutArgs, cl: &mut Cluster, probe: &Probe) -> Result<Value> {
         .find_map(|x| x.data.get("first_error").filter(|v| !v.is_null()).cloned());
     let t1 = std::time::Instant::now();
     cl.send("follow", Value::Null)?;
-    let f = cl.collect("followed", t)?;
+    let f = cl.collect("followed", t + Duration::from_secs(10))?;
     let follow_secs = t1.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
     let s1 = probe.raw();
@@ -108,8 +109,9 @@ pub fn coord(a: &FanoutArgs, cl: &mut Cluster, probe: &Probe) -> Result<Value> {
         "strict_errors": sum(&c, "strict_errors"),
         "latency_all_rounds": all.summary_us(),
         "per_round": rounds,
-        "server_connect": server_delta(s0, s1, connected, "conn"),
-        "server_rounds": server_delta(s1, s2, delivered, "delivery"),
+        "server_connect": server_delta(&s0, &s1, connected, "conn"),
+        "server_rounds": server_delta(&s1, &s2, delivered, "delivery"),
+        "nats_rounds": nats_per_change(&s1, &s2, a.rounds as u64),
         "loadgen_rounds": loadgen_delta(cpu1 - cpu0, events, frames),
     }))
 }
@@ -187,10 +189,11 @@ pub fn shard(a: &FanoutArgs, mut ctx: Ctx, users_file: Option<String>) -> Result
     } else {
         None
     };
+    let nodes = ctx.net.nodes();
     let mut list = Vec::with_capacity(n);
     for j in 0..n {
         let user = ctx.shard + j * ctx.shards;
-        list.push((j, users.ws_path(user, user == 0)?));
+        list.push((j, users.node(user, nodes), users.ws_path(user, user == 0)?));
     }
     let follow_msg = format!(
         "{{\"status_follow\":{{\"user_ids\":[\"{}\"]}},\"cid\":\"1\"}}",
@@ -221,7 +224,7 @@ pub fn shard(a: &FanoutArgs, mut ctx: Ctx, users_file: Option<String>) -> Result
         let cmd = ctx.next_cmd(&mut h, Duration::from_secs(86_400 * 7))?;
         match cmd.cmd.as_str() {
             "connect" => {
-                let r = ctx.connect_all(&mut h, &list, a.common.concurrency, t)?;
+                let r = ctx.connect_all(&mut h, &list, &a.common)?;
                 ctx.out.send("connected", serde_json::to_value(&r)?);
             }
             "follow" => {

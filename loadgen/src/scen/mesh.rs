@@ -12,7 +12,8 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::{
-    loadgen_delta, local_count, phase_timeout, server_delta, sum, user_dir, Probe, Strict,
+    loadgen_delta, local_count, nats_per_change, phase_timeout, server_delta, sum, user_dir, Probe,
+    Strict,
 };
 use crate::cluster::Cluster;
 use crate::hist::Hist;
@@ -20,8 +21,8 @@ use crate::net::{CloseWhy, Handler, State};
 use crate::scan::{classify, parse_stamp, presence_status, write_stamp, Kind, Stamp};
 use crate::shard::Ctx;
 use crate::sys::now_ns;
-use crate::users::mix;
-use crate::MeshArgs;
+use crate::users::{mix, UserDir};
+use crate::{MeshArgs, XnodeArgs};
 
 /// `last` value of a pair whose first event is still to come (after a reconnect).
 const FRESH: u32 = u32::MAX;
@@ -34,9 +35,159 @@ fn follows_f(a: &MeshArgs) -> usize {
     }
 }
 
-pub fn coord(a: &MeshArgs, cl: &mut Cluster, probe: &Probe, soak: bool) -> Result<Value> {
+/// Who follows whom, who updates, and which node each user connects to.
+#[derive(Debug, Clone, Copy)]
+pub enum Graph {
+    /// `mesh`/`soak`: every user updates and follows `f` others (seeded; all
+    /// others with `--lobby`), each on its own node ([`UserDir::node`]).
+    Mesh { users: usize, f: usize },
+    /// `xnode`: users `0..updaters` update, all on node `updater_node`;
+    /// users `updaters..updaters + followers` follow `f` updaters each
+    /// (seeded), all on node `follower_node`, and never update.
+    Split {
+        updaters: usize,
+        followers: usize,
+        f: usize,
+        updater_node: usize,
+        follower_node: usize,
+    },
+}
+
+impl Graph {
+    pub fn of(a: &MeshArgs) -> Graph {
+        Graph::Mesh {
+            users: a.users,
+            f: follows_f(a),
+        }
+    }
+
+    fn users(&self) -> usize {
+        match *self {
+            Graph::Mesh { users, .. } => users,
+            Graph::Split {
+                updaters,
+                followers,
+                ..
+            } => updaters + followers,
+        }
+    }
+
+    /// Users that update: `0..updaters()`.
+    fn updaters(&self) -> usize {
+        match *self {
+            Graph::Mesh { users, .. } => users,
+            Graph::Split { updaters, .. } => updaters,
+        }
+    }
+
+    /// Follows per following user.
+    fn f(&self) -> usize {
+        match *self {
+            Graph::Mesh { f, .. } | Graph::Split { f, .. } => f,
+        }
+    }
+
+    fn follows(&self, seed: u64, user: usize) -> Vec<u32> {
+        match *self {
+            Graph::Mesh { users, f } => follows_of(seed, user, users, f),
+            Graph::Split { updaters, f, .. } if user >= updaters => {
+                follows_of(seed, user, updaters, f)
+            }
+            Graph::Split { .. } => Vec::new(),
+        }
+    }
+
+    fn node(&self, users: &UserDir, user: usize, nodes: usize) -> usize {
+        match *self {
+            Graph::Mesh { .. } => users.node(user, nodes),
+            Graph::Split {
+                updaters,
+                updater_node,
+                follower_node,
+                ..
+            } => {
+                if user < updaters {
+                    updater_node
+                } else {
+                    follower_node
+                }
+            }
+        }
+    }
+
+    /// Followers of an average update.
+    fn fanout(&self) -> f64 {
+        match *self {
+            Graph::Mesh { f, .. } => f as f64,
+            Graph::Split {
+                updaters,
+                followers,
+                f,
+                ..
+            } => (followers * f) as f64 / updaters.max(1) as f64,
+        }
+    }
+}
+
+/// `xnode` as a mesh of its own graph (see [`Graph::Split`]).
+fn xnode_mesh(a: &XnodeArgs) -> (MeshArgs, Graph) {
+    let f = a.follows.min(a.updaters);
+    let mesh = MeshArgs {
+        common: a.common.clone(),
+        users: a.updaters + a.followers,
+        follows: f,
+        lobby: false,
+        rate: a.rate,
+        drain: a.drain,
+        reconnect_rate: 0.0,
+        report_every: 0.0,
+    };
+    let graph = Graph::Split {
+        updaters: a.updaters,
+        followers: a.followers,
+        f,
+        updater_node: a.updater_node,
+        follower_node: a.follower_node,
+    };
+    (mesh, graph)
+}
+
+pub fn xnode_coord(a: &XnodeArgs, cl: &mut Cluster, probe: &Probe) -> Result<Value> {
+    let nodes = a.common.server_addrs()?.len();
+    if a.updater_node >= nodes || a.follower_node >= nodes {
+        anyhow::bail!(
+            "--updater-node and --follower-node are indices into the {nodes} --url servers"
+        );
+    }
+    if a.updaters == 0 || a.followers == 0 {
+        anyhow::bail!("--updaters and --followers must be at least 1");
+    }
+    let (mesh, graph) = xnode_mesh(a);
+    let mut v = coord(&mesh, graph, cl, probe, false)?;
+    if let Value::Object(m) = &mut v {
+        m.insert("updaters".into(), json!(a.updaters));
+        m.insert("followers".into(), json!(a.followers));
+        m.insert("updater_node".into(), json!(a.updater_node));
+        m.insert("follower_node".into(), json!(a.follower_node));
+        m.insert("same_node".into(), json!(a.updater_node == a.follower_node));
+    }
+    Ok(v)
+}
+
+pub fn xnode_shard(a: &XnodeArgs, ctx: Ctx, users_file: Option<String>) -> Result<()> {
+    let (mesh, graph) = xnode_mesh(a);
+    shard(&mesh, graph, ctx, users_file, false)
+}
+
+pub fn coord(
+    a: &MeshArgs,
+    graph: Graph,
+    cl: &mut Cluster,
+    probe: &Probe,
+    soak: bool,
+) -> Result<Value> {
     let t = phase_timeout(&a.common);
-    let f = follows_f(a);
+    let f = graph.f();
     let duration = a
         .common
         .duration
@@ -56,7 +207,7 @@ pub fn coord(a: &MeshArgs, cl: &mut Cluster, probe: &Probe, soak: bool) -> Resul
     let s1 = probe.raw();
     let t1 = std::time::Instant::now();
     cl.send("follow", Value::Null)?;
-    let fr = cl.collect("followed", t)?;
+    let fr = cl.collect("followed", t + Duration::from_secs(10))?;
     let follow_secs = t1.elapsed().as_secs_f64();
     let followed_ids = sum(&fr, "ids");
     std::thread::sleep(Duration::from_millis(500));
@@ -65,7 +216,7 @@ pub fn coord(a: &MeshArgs, cl: &mut Cluster, probe: &Probe, soak: bool) -> Resul
     let start = now_ns() + 200_000_000;
     cl.send("run", json!({"start": start, "duration": duration}))?;
     // Collect "ran" from every shard, printing soak ticks as they come.
-    let mut finals = vec![0u32; a.users];
+    let mut finals = vec![0u32; graph.users()];
     let mut ran = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs_f64(duration) + t;
     let mut ticks: std::collections::BTreeMap<u64, (u64, Vec<Value>)> = Default::default();
@@ -124,7 +275,7 @@ pub fn coord(a: &MeshArgs, cl: &mut Cluster, probe: &Probe, soak: bool) -> Resul
     let frames = sum(&v, "frames");
     let expected_deliveries: u64 = sum(&v, "expected");
     Ok(json!({
-        "users": a.users,
+        "users": graph.users(),
         "follows": f,
         "rate": a.rate,
         "duration": duration,
@@ -136,7 +287,7 @@ pub fn coord(a: &MeshArgs, cl: &mut Cluster, probe: &Probe, soak: bool) -> Resul
         "follow_ids_per_sec": followed_ids as f64 / follow_secs.max(1e-9),
         "follow_errors": sum(&fr, "errors"),
         "updates_sent": updates_sent,
-        "asked_deliveries_per_sec": updates_sent as f64 * f as f64 / duration,
+        "asked_deliveries_per_sec": updates_sent as f64 * graph.fanout() / duration,
         "expected_deliveries": expected_deliveries,
         "delivered": delivered,
         "delivered_per_sec_in_window": in_window as f64 / duration,
@@ -144,6 +295,7 @@ pub fn coord(a: &MeshArgs, cl: &mut Cluster, probe: &Probe, soak: bool) -> Resul
         "self_delivered": sum(&v, "self_delivered"),
         "missing": sum(&v, "missing"),
         "duplicate": sum(&v, "dup"),
+        "coalesced": sum(&v, "coalesced"),
         "out_of_order": sum(&v, "ooo"),
         "unexpected": sum(&v, "unexpected"),
         "leave_events": sum(&v, "leaves"),
@@ -155,9 +307,10 @@ pub fn coord(a: &MeshArgs, cl: &mut Cluster, probe: &Probe, soak: bool) -> Resul
         "strict_errors": sum(&v, "strict_errors"),
         "strict_first": v.iter().find_map(|x| x.data.get("strict_first").filter(|v| !v.is_null()).cloned()),
         "latency": hist.summary_us(),
-        "server_connect": server_delta(s0, s1, connected, "conn"),
-        "server_follow": server_delta(s0, s2, connected, "conn"),
-        "server_run": server_delta(s2, s3, delivered, "delivery"),
+        "server_connect": server_delta(&s0, &s1, connected, "conn"),
+        "server_follow": server_delta(&s0, &s2, connected, "conn"),
+        "server_run": server_delta(&s2, &s3, delivered, "delivery"),
+        "nats_run": nats_per_change(&s2, &s3, updates_sent),
         "loadgen_run": loadgen_delta(cpu1 - cpu0, events, frames),
     }))
 }
@@ -197,9 +350,11 @@ fn x_secs(v: &[Value]) -> f64 {
         .unwrap_or(1.0)
 }
 
-/// The users `i` follows: `f` distinct others, seeded.
+/// The users `i` follows: `f` distinct others of users `0..n`, seeded
+/// (`i` may lie outside `0..n`).
 pub fn follows_of(seed: u64, i: usize, n: usize, f: usize) -> Vec<u32> {
-    if f + 1 >= n {
+    let others = if i < n { n - 1 } else { n };
+    if f >= others {
         return (0..n as u32).filter(|&u| u as usize != i).collect();
     }
     let mut state = mix(seed ^ 0x666f_6c6c_6f77 ^ mix(i as u64));
@@ -240,9 +395,7 @@ struct H {
     delivered: u64,
     in_window: u64,
     self_delivered: u64,
-    dup: u64,
-    ooo: u64,
-    gap_missing: u64,
+    seqs: Seqs,
     unexpected: u64,
     leaves: u64,
     other: u64,
@@ -258,22 +411,44 @@ struct H {
     strict: Strict,
 }
 
-impl H {
+/// Per-pair sequence anomalies.
+#[derive(Default)]
+struct Seqs {
+    dup: u64,
+    ooo: u64,
+    /// Statuses never received, the next event's leave not naming the last
+    /// one received: lost.
+    missing: u64,
+    /// Statuses skipped by a node that read only the latest (cluster mode's
+    /// documented coalescing): the next event's leave names the last status
+    /// the follower received.
+    coalesced: u64,
+}
+
+impl Seqs {
+    /// Checks `seq` (of event `payload`) against the pair's `last`; true
+    /// when it is new (in order, possibly after a gap).
     #[inline]
-    fn pair_check(last: &mut u32, seq: u32, dup: &mut u64, ooo: &mut u64, gap: &mut u64) -> bool {
+    fn check(&mut self, last: &mut u32, seq: u32, payload: &[u8]) -> bool {
         let l = *last;
         if l == FRESH || seq == l.wrapping_add(1) {
             *last = seq;
             true
         } else if seq > l {
-            *gap += (seq - l - 1) as u64;
+            let skipped = (seq - l - 1) as u64;
+            let leave = presence_status(payload, true).and_then(parse_stamp);
+            if leave.is_some_and(|st| st.seq == l) {
+                self.coalesced += skipped;
+            } else {
+                self.missing += skipped;
+            }
             *last = seq;
             true
         } else {
             if seq == l {
-                *dup += 1;
+                self.dup += 1;
             } else {
-                *ooo += 1;
+                self.ooo += 1;
             }
             false
         }
@@ -297,13 +472,7 @@ impl Handler for H {
                     return;
                 };
                 if st.user == self.own[conn] {
-                    if Self::pair_check(
-                        &mut self.own_last[conn],
-                        st.seq,
-                        &mut self.dup,
-                        &mut self.ooo,
-                        &mut self.gap_missing,
-                    ) {
+                    if self.seqs.check(&mut self.own_last[conn], st.seq, payload) {
                         self.self_delivered += 1;
                     }
                     return;
@@ -313,13 +482,7 @@ impl Handler for H {
                     self.unexpected += 1;
                     return;
                 };
-                if Self::pair_check(
-                    &mut self.last[a + k],
-                    st.seq,
-                    &mut self.dup,
-                    &mut self.ooo,
-                    &mut self.gap_missing,
-                ) {
+                if self.seqs.check(&mut self.last[a + k], st.seq, payload) {
                     self.delivered += 1;
                     if now <= self.window_end {
                         self.in_window += 1;
@@ -372,23 +535,34 @@ fn follow_requests(users: &crate::users::UserDir, fol: &[u32], cid: &mut u64) ->
     out
 }
 
-pub fn shard(a: &MeshArgs, mut ctx: Ctx, users_file: Option<String>, soak: bool) -> Result<()> {
+pub fn shard(
+    a: &MeshArgs,
+    graph: Graph,
+    mut ctx: Ctx,
+    users_file: Option<String>,
+    soak: bool,
+) -> Result<()> {
     let t = phase_timeout(&a.common);
     let reconnect = soak || a.reconnect_rate > 0.0;
-    let n_users = a.users;
-    let f = follows_f(a);
+    let n_users = graph.users();
+    let f = graph.f();
     let n = local_count(n_users, ctx.shard, ctx.shards);
     let users = user_dir(&a.common, n_users, &users_file)?;
     ctx.net.set_conns(n);
+    let nodes = ctx.net.nodes();
     let mut list = Vec::with_capacity(n);
     let mut own = Vec::with_capacity(n);
     let mut off = vec![0u32];
     let mut fol = Vec::with_capacity(n * f);
     for j in 0..n {
         let user = ctx.shard + j * ctx.shards;
-        list.push((j, users.ws_path(user, false)?));
+        list.push((
+            j,
+            graph.node(&users, user, nodes),
+            users.ws_path(user, false)?,
+        ));
         own.push(user as u32);
-        fol.extend(follows_of(a.common.seed, user, n_users, f));
+        fol.extend(graph.follows(a.common.seed, user));
         off.push(fol.len() as u32);
     }
     let pairs = fol.len();
@@ -402,9 +576,7 @@ pub fn shard(a: &MeshArgs, mut ctx: Ctx, users_file: Option<String>, soak: bool)
         delivered: 0,
         in_window: 0,
         self_delivered: 0,
-        dup: 0,
-        ooo: 0,
-        gap_missing: 0,
+        seqs: Seqs::default(),
         unexpected: 0,
         leaves: 0,
         other: 0,
@@ -430,7 +602,7 @@ pub fn shard(a: &MeshArgs, mut ctx: Ctx, users_file: Option<String>, soak: bool)
         let cmd = ctx.next_cmd(&mut h, Duration::from_secs(86_400 * 7))?;
         match cmd.cmd.as_str() {
             "connect" => {
-                let r = ctx.connect_all(&mut h, &list, a.common.concurrency, t)?;
+                let r = ctx.connect_all(&mut h, &list, &a.common)?;
                 h.opened.clear();
                 ctx.out.send("connected", serde_json::to_value(&r)?);
             }
@@ -476,17 +648,23 @@ pub fn shard(a: &MeshArgs, mut ctx: Ctx, users_file: Option<String>, soak: bool)
                 h.window_end = end;
                 events0 = h.events;
                 frames0 = ctx.net.stats.text_in;
-                let share = n as f64 / n_users.max(1) as f64;
-                let rate = a.rate.max(0.0) * share;
-                let rec_rate = a.reconnect_rate.max(0.0) * share;
-                let mut order: Vec<usize> = (0..n).collect();
+                let mut all: Vec<usize> = (0..n).collect();
                 let mut st = mix(a.common.seed ^ ctx.shard as u64 ^ 0x0072_756e);
-                for k in (1..order.len()).rev() {
+                for k in (1..all.len()).rev() {
                     st = mix(st);
-                    order.swap(k, (st % (k as u64 + 1)) as usize);
+                    all.swap(k, (st % (k as u64 + 1)) as usize);
                 }
-                let mut rec_order = order.clone();
+                // This shard's updaters (every user of a mesh), shuffled.
+                let order: Vec<usize> = all
+                    .iter()
+                    .copied()
+                    .filter(|&j| (h.own[j] as usize) < graph.updaters())
+                    .collect();
+                let rate = a.rate.max(0.0) * order.len() as f64 / graph.updaters().max(1) as f64;
+                let rec_rate = a.reconnect_rate.max(0.0) * n as f64 / n_users.max(1) as f64;
+                let mut rec_order = all;
                 rec_order.reverse();
+                let u = order.len();
                 let (mut sent, mut rr, mut rec_done, mut rec_rr) = (0u64, 0usize, 0u64, 0usize);
                 let report_ns = (a.report_every.max(0.0) * 1e9) as u64;
                 let mut next_report = if report_ns > 0 {
@@ -505,8 +683,8 @@ pub fn shard(a: &MeshArgs, mut ctx: Ctx, users_file: Option<String>, soak: bool)
                     if now >= start && n > 0 {
                         let el = (now - start) as f64 / 1e9;
                         let due = ((el * rate) as u64).min(total_local);
-                        while sent < due {
-                            let j = order[rr % n];
+                        while sent < due && u > 0 {
+                            let j = order[rr % u];
                             rr += 1;
                             sent += 1;
                             seq[j] += 1;
@@ -543,7 +721,7 @@ pub fn shard(a: &MeshArgs, mut ctx: Ctx, users_file: Option<String>, soak: bool)
                         h.last[x..y].fill(FRESH);
                         h.own_last[j] = FRESH;
                         let src = ctx.source_for(j);
-                        if ctx.net.open(j, src, &list[j].1).is_ok() {
+                        if ctx.net.open(j, src, list[j].1, &list[j].2).is_ok() {
                             reconnects += 1;
                         }
                     }
@@ -560,17 +738,17 @@ pub fn shard(a: &MeshArgs, mut ctx: Ctx, users_file: Option<String>, soak: bool)
                         ctx.out.send(
                             "tick",
                             json!({"n": tick_no, "secs": (now - t0) as f64 / 1e9, "open": ctx.net.open,
-                                "delivered": h.delivered - d0, "missing": h.gap_missing - m0, "dup": h.dup - du0,
-                                "ooo": h.ooo - o0, "closes": h.closes - c0, "reconnects": reconnects - r0,
+                                "delivered": h.delivered - d0, "missing": h.seqs.missing - m0, "dup": h.seqs.dup - du0,
+                                "ooo": h.seqs.ooo - o0, "closes": h.closes - c0, "reconnects": reconnects - r0,
                                 "hist": h.ihist.to_wire()}),
                         );
                         h.ihist = Hist::new();
                         last_tick = (
                             now,
                             h.delivered,
-                            h.gap_missing,
-                            h.dup,
-                            h.ooo,
+                            h.seqs.missing,
+                            h.seqs.dup,
+                            h.seqs.ooo,
                             h.closes,
                             reconnects,
                         );
@@ -631,7 +809,8 @@ pub fn shard(a: &MeshArgs, mut ctx: Ctx, users_file: Option<String>, soak: bool)
                     "verified",
                     json!({"delivered": h.delivered, "in_window": h.in_window, "self_delivered": h.self_delivered,
                         "expected": expected,
-                        "missing": h.gap_missing + tail_missing, "dup": h.dup, "ooo": h.ooo,
+                        "missing": h.seqs.missing + tail_missing, "dup": h.seqs.dup, "ooo": h.seqs.ooo,
+                        "coalesced": h.seqs.coalesced,
                         "unexpected": h.unexpected, "leaves": h.leaves, "other": h.other, "errors": h.errors,
                         "events": h.events - events0, "frames": ctx.net.stats.text_in - frames0,
                         "strict_errors": h.strict.errors, "strict_first": h.strict.first,

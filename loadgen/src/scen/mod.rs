@@ -36,9 +36,10 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
         bail!("--procs and --threads must be at least 1");
     }
     let users = match &s {
-        Scenario::Connect(a) => a.conns,
+        Scenario::Connect(a) => a.conns.div_ceil(a.sessions_per_user.max(1)),
         Scenario::Fanout(a) => a.followers + 1,
         Scenario::Mesh(a) | Scenario::Soak(a) => a.users,
+        Scenario::Xnode(a) => a.updaters + a.followers,
         Scenario::Churn(a) => a.users,
         Scenario::Worker => 0,
     };
@@ -64,15 +65,19 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
     };
     let scenario_json = serde_json::to_value(&s)?;
     let mut cluster = Cluster::spawn(&scenario_json, c.procs, c.threads, users_file.clone())?;
-    let probe = Probe { pid: c.server_pid };
+    let probe = Probe {
+        pids: c.server_pid.clone(),
+        nats: c.nats_pid,
+    };
     probe.settle();
     let server_before = probe.snap();
     let cpu_before = cluster.cpu_ns();
     let result = match &s {
         Scenario::Connect(a) => connect::coord(a, &mut cluster, &probe),
         Scenario::Fanout(a) => fanout::coord(a, &mut cluster, &probe),
-        Scenario::Mesh(a) => mesh::coord(a, &mut cluster, &probe, false),
-        Scenario::Soak(a) => mesh::coord(a, &mut cluster, &probe, true),
+        Scenario::Mesh(a) => mesh::coord(a, mesh::Graph::of(a), &mut cluster, &probe, false),
+        Scenario::Soak(a) => mesh::coord(a, mesh::Graph::of(a), &mut cluster, &probe, true),
+        Scenario::Xnode(a) => mesh::xnode_coord(a, &mut cluster, &probe),
         Scenario::Churn(a) => churn::coord(a, &mut cluster),
         Scenario::Worker => Ok(json!({})),
     };
@@ -113,7 +118,7 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
             "wall_s": (sys::now_ns() - started) as f64 / 1e9,
         }),
     );
-    if c.server_pid.is_some() {
+    if !c.server_pid.is_empty() || c.nats_pid.is_some() {
         out.insert(
             "server_total".into(),
             json!({"before": server_before, "after": server_after}),
@@ -133,6 +138,7 @@ fn scenario_name(s: &Scenario) -> &'static str {
         Scenario::Fanout(_) => "fanout",
         Scenario::Mesh(_) => "mesh",
         Scenario::Soak(_) => "soak",
+        Scenario::Xnode(_) => "xnode",
         Scenario::Churn(_) => "churn",
         Scenario::Worker => "worker",
     }
@@ -143,8 +149,9 @@ pub fn run_shard(s: Scenario, ctx: Ctx, users_file: Option<String>) -> Result<()
     match s {
         Scenario::Connect(a) => connect::shard(&a, ctx, users_file),
         Scenario::Fanout(a) => fanout::shard(&a, ctx, users_file),
-        Scenario::Mesh(a) => mesh::shard(&a, ctx, users_file, false),
-        Scenario::Soak(a) => mesh::shard(&a, ctx, users_file, true),
+        Scenario::Mesh(a) => mesh::shard(&a, mesh::Graph::of(&a), ctx, users_file, false),
+        Scenario::Soak(a) => mesh::shard(&a, mesh::Graph::of(&a), ctx, users_file, true),
+        Scenario::Xnode(a) => mesh::xnode_shard(&a, ctx, users_file),
         Scenario::Churn(a) => churn::shard(&a, ctx, users_file),
         Scenario::Worker => Ok(()),
     }
@@ -166,9 +173,11 @@ pub fn phase_timeout(c: &Common) -> Duration {
     Duration::from_secs_f64(c.phase_timeout.clamp(1.0, 86_400.0))
 }
 
-/// Reads the server's RSS and CPU.
+/// Reads the server's RSS and CPU: one process, or every node of a cluster
+/// (summed, and each one), and the NATS server beside them.
 pub struct Probe {
-    pub pid: Option<u32>,
+    pub pids: Vec<u32>,
+    pub nats: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -182,27 +191,72 @@ pub struct ServerSnap {
     pub steal_us: u64,
 }
 
+impl ServerSnap {
+    fn of(pid: u32) -> Option<ServerSnap> {
+        Some(ServerSnap {
+            rss_kib: sys::rss_kib(pid)?,
+            cpu_us: sys::process_utime_stime_us(pid)?,
+            cpu_ns: sys::process_cpu_ns(pid)?,
+            at_ns: sys::now_ns(),
+            steal_us: sys::machine_steal_us().unwrap_or(0),
+        })
+    }
+}
+
+/// One reading of every probed process.
+#[derive(Debug, Clone, Default)]
+pub struct Snaps {
+    /// Per server pid, in `--server-pid` order; empty without one.
+    pub nodes: Vec<ServerSnap>,
+    pub nats: Option<ServerSnap>,
+}
+
+impl Snaps {
+    /// The nodes summed, as one server.
+    fn total(&self) -> Option<ServerSnap> {
+        let first = self.nodes.first()?;
+        let mut t = *first;
+        for n in &self.nodes[1..] {
+            t.rss_kib += n.rss_kib;
+            t.cpu_us += n.cpu_us;
+            t.cpu_ns += n.cpu_ns;
+        }
+        Some(t)
+    }
+}
+
 impl Probe {
     pub fn snap(&self) -> Value {
-        match self.pid {
-            Some(pid) => json!({
+        let one = |pid: u32| {
+            json!({
                 "rss_kib": sys::rss_kib(pid),
                 "utime_stime_s": sys::process_utime_stime_us(pid).map(|u| u as f64 / 1e6),
                 "fds": sys::open_fds(pid),
-            }),
-            None => Value::Null,
+            })
+        };
+        let mut v = match self.pids.as_slice() {
+            [] => json!({}),
+            [pid] => one(*pid),
+            pids => json!({"nodes": pids.iter().map(|&p| one(p)).collect::<Vec<_>>()}),
+        };
+        if let (Some(pid), Value::Object(m)) = (self.nats, &mut v) {
+            m.insert("nats".into(), one(pid));
         }
+        v
     }
 
-    /// Waits (at most 30 s) until the server's open descriptors stop
+    /// Waits (at most 30 s) until the servers' open descriptors stop
     /// falling: sockets of a previous run may still be closing.
     pub fn settle(&self) {
-        let Some(pid) = self.pid else { return };
-        let mut last = sys::open_fds(pid).unwrap_or(0);
+        if self.pids.is_empty() {
+            return;
+        }
+        let fds = || -> usize { self.pids.iter().filter_map(|&p| sys::open_fds(p)).sum() };
+        let mut last = fds();
         let mut stable = 0;
         for _ in 0..300 {
             std::thread::sleep(Duration::from_millis(100));
-            let now = sys::open_fds(pid).unwrap_or(0);
+            let now = fds();
             if now >= last {
                 stable += 1;
                 if stable >= 5 {
@@ -215,63 +269,96 @@ impl Probe {
         }
     }
 
-    pub fn raw(&self) -> Option<ServerSnap> {
-        let pid = self.pid?;
-        Some(ServerSnap {
-            rss_kib: sys::rss_kib(pid)?,
-            cpu_us: sys::process_utime_stime_us(pid)?,
-            cpu_ns: sys::process_cpu_ns(pid)?,
-            at_ns: sys::now_ns(),
-            steal_us: sys::machine_steal_us().unwrap_or(0),
-        })
+    /// Every probed process now; `None` when a server cannot be read (or
+    /// none is probed).
+    pub fn raw(&self) -> Option<Snaps> {
+        let nodes = self
+            .pids
+            .iter()
+            .map(|&p| ServerSnap::of(p))
+            .collect::<Option<Vec<_>>>()?;
+        let nats = self.nats.and_then(ServerSnap::of);
+        if nodes.is_empty() && nats.is_none() {
+            return None;
+        }
+        Some(Snaps { nodes, nats })
     }
 }
 
-/// Server RSS and CPU deltas between two snaps, normalized by `per`.
-pub fn server_delta(
-    a: Option<ServerSnap>,
-    b: Option<ServerSnap>,
-    per: u64,
-    per_name: &str,
-) -> Value {
-    match (a, b) {
-        (Some(a), Some(b)) => {
-            let cpu_us = b.cpu_us.saturating_sub(a.cpu_us);
-            let cpu_ns = b.cpu_ns.saturating_sub(a.cpu_ns);
-            let rss = b.rss_kib as i64 - a.rss_kib as i64;
-            let mut m = Map::new();
-            m.insert("rss_before_kib".into(), json!(a.rss_kib));
-            m.insert("rss_after_kib".into(), json!(b.rss_kib));
-            m.insert("rss_growth_kib".into(), json!(rss));
-            m.insert("cpu_utime_stime_ms".into(), json!(cpu_us as f64 / 1e3));
-            m.insert("cpu_schedstat_ms".into(), json!(cpu_ns as f64 / 1e6));
-            // Host contention: a share of the machine's CPU time that no
-            // process here got. Runs with several percent are noisy.
-            let cpu_available_us =
-                b.at_ns.saturating_sub(a.at_ns) as f64 / 1e3 * sys::cpus() as f64;
-            let steal_us = b.steal_us.saturating_sub(a.steal_us) as f64;
-            m.insert(
-                "machine_steal_pct".into(),
-                json!(100.0 * steal_us / cpu_available_us.max(1.0)),
-            );
-            if per > 0 {
-                m.insert(
-                    format!("rss_bytes_per_{per_name}"),
-                    json!((rss * 1024) as f64 / per as f64),
-                );
-                m.insert(
-                    format!("cpu_us_per_{per_name}"),
-                    json!(cpu_us as f64 / per as f64),
-                );
-                m.insert(
-                    format!("cpu_us_per_{per_name}_schedstat"),
-                    json!(cpu_ns as f64 / 1e3 / per as f64),
-                );
-            }
-            Value::Object(m)
-        }
+/// Server RSS and CPU deltas between two readings, normalized by `per`:
+/// the nodes summed (one server's fields), then with several nodes each
+/// one under `nodes`, and the NATS server's under `nats`.
+pub fn server_delta(a: &Option<Snaps>, b: &Option<Snaps>, per: u64, per_name: &str) -> Value {
+    let (Some(a), Some(b)) = (a, b) else {
+        return Value::Null;
+    };
+    let mut v = match (a.total(), b.total()) {
+        (Some(x), Some(y)) => one_delta(x, y, per, per_name),
+        _ => json!({}),
+    };
+    let Value::Object(m) = &mut v else {
+        return v;
+    };
+    if a.nodes.len() > 1 && a.nodes.len() == b.nodes.len() {
+        let nodes: Vec<Value> = a
+            .nodes
+            .iter()
+            .zip(&b.nodes)
+            .map(|(x, y)| one_delta(*x, *y, per, per_name))
+            .collect();
+        m.insert("nodes".into(), json!(nodes));
+    }
+    if let (Some(x), Some(y)) = (a.nats, b.nats) {
+        m.insert("nats".into(), one_delta(x, y, 0, ""));
+    }
+    v
+}
+
+/// The NATS server's CPU per status change between two readings (cluster
+/// mode: every change is one record in the log).
+pub fn nats_per_change(a: &Option<Snaps>, b: &Option<Snaps>, changes: u64) -> Value {
+    match (
+        a.as_ref().and_then(|s| s.nats),
+        b.as_ref().and_then(|s| s.nats),
+    ) {
+        (Some(x), Some(y)) => one_delta(x, y, changes, "change"),
         _ => Value::Null,
     }
+}
+
+fn one_delta(a: ServerSnap, b: ServerSnap, per: u64, per_name: &str) -> Value {
+    let cpu_us = b.cpu_us.saturating_sub(a.cpu_us);
+    let cpu_ns = b.cpu_ns.saturating_sub(a.cpu_ns);
+    let rss = b.rss_kib as i64 - a.rss_kib as i64;
+    let mut m = Map::new();
+    m.insert("rss_before_kib".into(), json!(a.rss_kib));
+    m.insert("rss_after_kib".into(), json!(b.rss_kib));
+    m.insert("rss_growth_kib".into(), json!(rss));
+    m.insert("cpu_utime_stime_ms".into(), json!(cpu_us as f64 / 1e3));
+    m.insert("cpu_schedstat_ms".into(), json!(cpu_ns as f64 / 1e6));
+    // Host contention: a share of the machine's CPU time that no
+    // process here got. Runs with several percent are noisy.
+    let cpu_available_us = b.at_ns.saturating_sub(a.at_ns) as f64 / 1e3 * sys::cpus() as f64;
+    let steal_us = b.steal_us.saturating_sub(a.steal_us) as f64;
+    m.insert(
+        "machine_steal_pct".into(),
+        json!(100.0 * steal_us / cpu_available_us.max(1.0)),
+    );
+    if per > 0 {
+        m.insert(
+            format!("rss_bytes_per_{per_name}"),
+            json!((rss * 1024) as f64 / per as f64),
+        );
+        m.insert(
+            format!("cpu_us_per_{per_name}"),
+            json!(cpu_us as f64 / per as f64),
+        );
+        m.insert(
+            format!("cpu_us_per_{per_name}_schedstat"),
+            json!(cpu_ns as f64 / 1e3 / per as f64),
+        );
+    }
+    Value::Object(m)
 }
 
 /// Loadgen CPU over a phase, per received event.

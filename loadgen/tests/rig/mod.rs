@@ -18,16 +18,20 @@ use std::time::{Duration, Instant};
 
 use crate::common::{herald_binary, metric, HeraldProcess};
 
-/// Accounts. `--nats-url` requires `--database-url` (one account store for
-/// the cluster). Until the Postgres store is on main the URL is required but
-/// not read, and each node keeps SQLite accounts of its own, so the nodes
-/// accept follows of users they have not seen. With the Postgres store this
-/// becomes a real URL (and the flag goes).
-const ACCOUNTS: &[&str] = &[
-    "--database-url",
-    "postgres://herald@127.0.0.1:9/herald",
-    "--follow-unknown-ids",
-];
+/// Accounts: `--nats-url` requires `--database-url` (one account store for
+/// the cluster): a database of its own on the test binary's one PostgreSQL
+/// server (`common::postgres::shared`). loadgen mints its tokens offline,
+/// so its users have no account rows: `--follow-unknown-ids` keeps their
+/// follows.
+fn accounts() -> Vec<String> {
+    let postgres = crate::common::postgres::shared();
+    vec![
+        "--database-url".into(),
+        postgres.url(&postgres.create_database()),
+        "--follow-unknown-ids".into(),
+    ]
+}
+
 /// How long a node gets to report `/readyz` 200.
 const READY_WAIT: Duration = Duration::from_secs(30);
 
@@ -151,11 +155,12 @@ impl Cluster {
         );
         let nats = Nats::start();
         let url = nats.url();
+        let accounts = accounts();
         let mut nodes = Vec::new();
         for i in 0..n {
             let id = format!("t{i}");
             let mut args = vec!["--nats-url", &url, "--node-id", &id];
-            args.extend_from_slice(ACCOUNTS);
+            args.extend(accounts.iter().map(String::as_str));
             args.extend_from_slice(extra);
             nodes.push(HeraldProcess::start(&args));
         }

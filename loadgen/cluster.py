@@ -16,9 +16,10 @@ NATS listens on a free port of 127.0.0.1 (`-js -sd DIR/nats`).
 
 Binaries: $HERALD (default $CARGO_TARGET_DIR/release/herald), $NATS_SERVER
 (default $HERALD_NATS_SERVER, then tests/.deps/nats-server). Accounts:
-`--database-url` is required in cluster mode; $DATABASE_URL names the shared
-store (until then a placeholder URL is passed, and --follow-unknown-ids,
-because each node keeps its own SQLite accounts). $HERALD_ARGS adds flags.
+`--database-url` is required in cluster mode: $DATABASE_URL names the shared
+Postgres database (required). loadgen mints its tokens offline, so its users
+have no account rows: nodes get --follow-unknown-ids to keep their follows.
+$HERALD_ARGS adds flags.
 """
 import json
 import os
@@ -32,13 +33,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_IP = os.environ.get("BASE_IP", "127.0.2")
-# The one line to change once accounts are shared (Postgres): the URL.
 DATABASE = os.environ.get("DATABASE_URL")
-ACCOUNTS = (
-    ["--database-url", DATABASE]
-    if DATABASE
-    else ["--database-url", "postgres://herald@127.0.0.1:9/herald", "--follow-unknown-ids"]
-)
+ACCOUNTS = ["--database-url", DATABASE or "", "--follow-unknown-ids"]
 
 
 def herald_bin():
@@ -125,6 +121,8 @@ def start_nats(d, state):
 
 def start_node(d, state, i, wait=True):
     """Starts node i; returns ms from the spawn to /readyz 200 (None without wait)."""
+    if not DATABASE:
+        sys.exit("set DATABASE_URL to a Postgres database (README: Running a cluster)")
     ip = node_addr(i)
     if listening(ip, 7350) or listening(ip, 7351):
         sys.exit(f"{ip}:7350 or :7351 is already taken")

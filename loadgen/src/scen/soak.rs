@@ -120,10 +120,10 @@ enum FState {
     /// The connection is not open: followed again once it is.
     Waiting,
     /// Follow sent with this cid; stamps of events that came before its
-    /// snapshot, `(slot, counter)`.
+    /// snapshot, `(session, join)` (`None` for a leave).
     Pending {
         cid: u64,
-        early: Vec<(u32, u32)>,
+        early: Vec<(u128, Option<St>)>,
     },
     Live,
     /// Unfollow sent with this cid; removed at its ack.
@@ -222,8 +222,8 @@ impl H {
             match &mut f.state {
                 FState::Live => f.view.apply(jp, lp, false, &mut self.counts),
                 FState::Pending { early, .. } => {
-                    if let Some(St::Stamp { slot, counter }) = jp.map(|p| p.status) {
-                        early.push((slot, counter));
+                    if let Some(p) = jp.or(lp) {
+                        early.push((p.session, jp.map(|j| j.status)));
                     }
                     self.ignored += 1;
                     return;

@@ -23,7 +23,8 @@
 //!   together);
 //! * events that arrive between the follow request and its snapshot are
 //!   not applied, but the snapshot must not be older than any of them
-//!   (**snapshot behind**).
+//!   (**snapshot behind**: an older status of a session than an early
+//!   join, or a session an early event joined missing from it).
 //!
 //! The follower's own user is viewed from the session's open without a
 //! snapshot, so a leave of a session it has not seen is tolerated there.
@@ -123,8 +124,11 @@ impl View {
     }
 
     /// Replaces the view with a snapshot (the presences of this user);
-    /// `early` are the stamps of events that arrived before it.
-    pub fn snapshot(&mut self, presences: &[P], early: &[(u32, u32)], c: &mut Counts) {
+    /// `early` are the events that arrived before it, `(session, join)`
+    /// (`None` for a leave), in arrival order. The snapshot is behind when
+    /// it holds an older status of a session than an early join, or lacks
+    /// a session an early event joined and none left.
+    pub fn snapshot(&mut self, presences: &[P], early: &[(u128, Option<St>)], c: &mut Counts) {
         self.sessions.clear();
         for p in presences {
             if matches!(p.status, St::Other(_)) {
@@ -132,10 +136,30 @@ impl View {
             }
             self.sessions.push((p.session, p.status, true));
         }
-        for &(slot, counter) in early {
-            let behind = presences.iter().any(|p| {
-                matches!(p.status, St::Stamp { slot: s, counter: k } if s == slot && k < counter)
-            });
+        for (k, &(sid, join)) in early.iter().enumerate() {
+            let Some(join) = join else { continue };
+            let left_later = early[k + 1..].iter().any(|e| e.0 == sid && e.1.is_none());
+            let listed = presences.iter().find(|p| p.session == sid);
+            let behind = match (listed, join) {
+                (None, _) => !left_later,
+                (
+                    Some(P {
+                        status: St::Stamp { slot, counter: k },
+                        ..
+                    }),
+                    St::Stamp {
+                        slot: js,
+                        counter: jk,
+                    },
+                ) => *slot == js && *k < jk,
+                (
+                    Some(P {
+                        status: St::Empty, ..
+                    }),
+                    St::Stamp { .. },
+                ) => true,
+                _ => false,
+            };
             if behind {
                 c.snapshot_behind += 1;
             }
@@ -331,10 +355,15 @@ mod tests {
     fn a_snapshot_older_than_an_early_event_is_behind() {
         let mut v = View::default();
         let mut c = Counts::default();
-        v.snapshot(&[p(1, s(3, 5))], &[(3, 6)], &mut c);
+        v.snapshot(&[p(1, s(3, 5))], &[(1, Some(s(3, 6)))], &mut c);
         assert_eq!(c.snapshot_behind, 1);
-        v.snapshot(&[p(1, s(3, 6))], &[(3, 6)], &mut c);
+        v.snapshot(&[p(1, s(3, 6))], &[(1, Some(s(3, 6)))], &mut c);
         assert_eq!(c.snapshot_behind, 1);
+        // A session joined before the snapshot must be listed, unless it left.
+        v.snapshot(&[], &[(2, Some(St::Empty))], &mut c);
+        assert_eq!(c.snapshot_behind, 2);
+        v.snapshot(&[], &[(2, Some(St::Empty)), (2, None)], &mut c);
+        assert_eq!(c.snapshot_behind, 2);
     }
 
     #[test]

@@ -71,6 +71,9 @@ fn a_short_soak_over_three_nodes_holds_every_check() {
         assert_eq!(held.as_bool(), Some(true), "{name}: {summary:#}");
     }
     assert_eq!(summary["checks_passed"], true, "{summary:#}");
+    // The servers skipped no status either (coalescing must be 0 here).
+    let skipped = cluster.metric_sum("herald_cluster_coalesced_total");
+    assert_eq!(skipped, 0.0, "the nodes coalesced {skipped} statuses");
     assert!(status.success(), "loadgen failed ({status}): {summary:#}");
     assert!(
         summary["applied"].as_u64().is_some_and(|n| n > 100_000),

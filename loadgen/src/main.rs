@@ -52,9 +52,13 @@ pub struct Common {
     /// Event-loop threads per worker process.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Source addresses per worker process (127.0.0.2, 127.0.0.3, ...).
+    /// Source addresses per worker process (`--source-base`, the next, ...).
     #[arg(long, default_value_t = 1)]
     pub source_addrs: usize,
+    /// First source address: worker `p` binds to `base + p * N .. + N` for
+    /// `--source-addrs N`. Keep it clear of the nodes' addresses.
+    #[arg(long, default_value = "127.0.0.2")]
+    pub source_base: std::net::Ipv4Addr,
     /// Server pid: report its RSS and CPU (utime+stime) around each phase.
     /// For a cluster, every node's pid, comma-separated: each is reported
     /// (`nodes`) and the sums take the single server's place.
@@ -245,6 +249,56 @@ pub struct ChurnArgs {
     pub settle: f64,
 }
 
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections (sessions) in all; `--two-devices` of the users hold two.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Friends each user follows (seeded; most of them on other nodes).
+    #[arg(long, default_value_t = 20)]
+    pub follows: usize,
+    /// Mean seconds between two status changes of one online session.
+    #[arg(long, default_value_t = 120.0)]
+    pub status_every_sec: f64,
+    /// Fraction of users that appear offline (connect with `status=false`,
+    /// never set a status).
+    #[arg(long, default_value_t = 0.1)]
+    pub offline: f64,
+    /// Fraction of users with two devices (two sessions on their node).
+    #[arg(long, default_value_t = 0.1)]
+    pub two_devices: f64,
+    /// Percent of sessions closed and reopened per minute (each then
+    /// follows again and gets a fresh snapshot).
+    #[arg(long, default_value_t = 2.0)]
+    pub reconnect_pct_per_min: f64,
+    /// Percent of sessions per minute that unfollow one friend and follow
+    /// another user.
+    #[arg(long, default_value_t = 2.0)]
+    pub refollow_pct_per_min: f64,
+    /// Connects (and then follow requests) started per second, all
+    /// processes together.
+    #[arg(long, default_value_t = 5000.0)]
+    pub ramp_per_sec: f64,
+    /// Seconds of quiet (no traffic) after the run, before the final check.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain: f64,
+    /// Seconds the final views get to agree with `GET /v2/status`.
+    #[arg(long, default_value_t = 10.0)]
+    pub settle: f64,
+    /// A node's admin listener, `http://IP:PORT`: the final views are
+    /// compared with `GET /v2/status` there (the log in cluster mode).
+    #[arg(long)]
+    pub status_url: String,
+    /// The backend API's key (the server's `--http-key`).
+    #[arg(long, default_value = "defaulthttpkey")]
+    pub http_key: String,
+    /// Seconds between report lines on stderr.
+    #[arg(long, default_value_t = 10.0)]
+    pub report_every: f64,
+}
+
 #[derive(Debug, Clone, Subcommand, Serialize, Deserialize)]
 pub enum Scenario {
     /// Open N idle connections; connect rate and server RSS per connection.
@@ -258,8 +312,9 @@ pub enum Scenario {
     Xnode(XnodeArgs),
     /// Random connect/disconnect/follow/unfollow/update checked against a model.
     Churn(ChurnArgs),
-    /// A long bounded mesh with reconnects and a report line every 10 s.
-    Soak(MeshArgs),
+    /// Hours of game-like traffic over a cluster's nodes, every event
+    /// verified, a report line every 10 s, a final check against the log.
+    Soak(SoakArgs),
     /// Internal: a worker process.
     #[command(name = "__worker", hide = true)]
     Worker,
@@ -270,7 +325,8 @@ impl Scenario {
         match self {
             Scenario::Connect(a) => &a.common,
             Scenario::Fanout(a) => &a.common,
-            Scenario::Mesh(a) | Scenario::Soak(a) => &a.common,
+            Scenario::Mesh(a) => &a.common,
+            Scenario::Soak(a) => &a.common,
             Scenario::Xnode(a) => &a.common,
             Scenario::Churn(a) => &a.common,
             Scenario::Worker => unreachable_common(),
@@ -287,6 +343,7 @@ fn unreachable_common() -> &'static Common {
         procs: 1,
         threads: 1,
         source_addrs: 1,
+        source_base: std::net::Ipv4Addr::new(127, 0, 0, 2),
         server_pid: Vec::new(),
         nats_pid: None,
         strict: false,

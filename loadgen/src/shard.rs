@@ -75,6 +75,12 @@ impl Ctx {
         }
     }
 
+    /// Takes the next command already received, if any (for loops that
+    /// must notice `stop` while they run).
+    pub fn try_cmd(&mut self) -> Option<Cmd> {
+        self.pending.pop_front()
+    }
+
     /// Pumps until `done` holds or `deadline` (ns) passes; returns whether done.
     pub fn run_until<H: Handler>(
         &mut self,
@@ -182,6 +188,9 @@ pub struct ConnectResult {
 
 /// Entry of `loadgen __worker`.
 pub fn worker_main() -> Result<()> {
+    // Ctrl-C reaches the whole process group: the coordinator stops the
+    // run and collects the summary, so the workers must outlive it.
+    crate::sys::ignore_sigint();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     let first = lines.next().ok_or_else(|| anyhow!("no config line"))??;
@@ -193,7 +202,7 @@ pub fn worker_main() -> Result<()> {
     let mut senders: Vec<(mpsc::Sender<Cmd>, Arc<Waker>)> = Vec::new();
     let mut handles = Vec::new();
     let shards = cfg.procs * cfg.threads;
-    let sources = proc_sources(cfg.proc_index, common.source_addrs);
+    let sources = proc_sources(common.source_base, cfg.proc_index, common.source_addrs);
     // A different starting port each run, so a new run does not meet the
     // server's TIME_WAIT entries of the last one on the same 4-tuples.
     let port_offset = (crate::users::mix(now_ns() ^ std::process::id() as u64) % 51_000) as u32;
@@ -253,10 +262,11 @@ pub fn worker_main() -> Result<()> {
     Ok(())
 }
 
-/// Source addresses of worker process `p`: `127.0.0.2 + p*n .. + n`.
-pub fn proc_sources(p: usize, n: usize) -> Vec<Ipv4Addr> {
+/// Source addresses of worker process `p`: `base + p*n .. + n`
+/// (`--source-base`, 127.0.0.2 by default).
+pub fn proc_sources(base: Ipv4Addr, p: usize, n: usize) -> Vec<Ipv4Addr> {
     let n = n.max(1);
-    let base = u32::from(Ipv4Addr::new(127, 0, 0, 2));
+    let base = u32::from(base);
     (0..n)
         .map(|j| Ipv4Addr::from(base + (p * n + j) as u32))
         .collect()

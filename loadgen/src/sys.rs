@@ -80,3 +80,41 @@ fn status_field(pid: u32, key: &str) -> Option<u64> {
 pub fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
+
+/// `MemAvailable` of `/proc/meminfo`, KiB.
+pub fn mem_available_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line["MemAvailable:".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// From now on SIGINT only sets a flag ([`interrupted`]).
+pub fn catch_sigint() {
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
+/// Whether SIGINT arrived since [`catch_sigint`].
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Ignores SIGINT (worker processes: the coordinator decides).
+pub fn ignore_sigint() {
+    // SAFETY: setting a signal's disposition to SIG_IGN.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+}

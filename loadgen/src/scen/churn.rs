@@ -36,7 +36,7 @@
 //! and with `--status-url` the final views must equal the status API's
 //! answer (the log, in cluster mode), which must equal the model.
 
-mod views;
+pub(crate) mod views;
 
 use std::collections::HashMap;
 use std::time::Duration;

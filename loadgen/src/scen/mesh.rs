@@ -515,7 +515,13 @@ impl Handler for H {
     }
 }
 
-fn follow_requests(users: &crate::users::UserDir, fol: &[u32], cid: &mut u64) -> Vec<Vec<u8>> {
+/// `status_follow` requests for `fol`, 100 ids each; request `k` has cid
+/// `*cid + k + 1` (`cid` is advanced past them).
+pub(crate) fn follow_requests(
+    users: &crate::users::UserDir,
+    fol: &[u32],
+    cid: &mut u64,
+) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for chunk in fol.chunks(100) {
         let mut m = Vec::with_capacity(40 + chunk.len() * 39);

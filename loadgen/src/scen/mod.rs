@@ -6,6 +6,7 @@ pub mod churn;
 pub mod connect;
 pub mod fanout;
 pub mod mesh;
+pub mod soak;
 
 use std::time::Duration;
 
@@ -27,9 +28,7 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
         a.common.threads = 1;
     }
     if let Scenario::Soak(a) = &mut s {
-        if a.report_every <= 0.0 {
-            a.report_every = 10.0;
-        }
+        a.common.connect_rate = a.ramp_per_sec;
     }
     let c = s.common().clone();
     if c.procs == 0 || c.threads == 0 {
@@ -38,7 +37,8 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
     let users = match &s {
         Scenario::Connect(a) => a.conns.div_ceil(a.sessions_per_user.max(1)),
         Scenario::Fanout(a) => a.followers + 1,
-        Scenario::Mesh(a) | Scenario::Soak(a) => a.users,
+        Scenario::Mesh(a) => a.users,
+        Scenario::Soak(a) => soak::Layout::of(a).users,
         Scenario::Xnode(a) => a.updaters + a.followers,
         Scenario::Churn(a) => a.users,
         Scenario::Worker => 0,
@@ -76,7 +76,7 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
         Scenario::Connect(a) => connect::coord(a, &mut cluster, &probe),
         Scenario::Fanout(a) => fanout::coord(a, &mut cluster, &probe),
         Scenario::Mesh(a) => mesh::coord(a, mesh::Graph::of(a), &mut cluster, &probe, false),
-        Scenario::Soak(a) => mesh::coord(a, mesh::Graph::of(a), &mut cluster, &probe, true),
+        Scenario::Soak(a) => soak::coord(a, &mut cluster, &probe),
         Scenario::Xnode(a) => mesh::xnode_coord(a, &mut cluster, &probe),
         Scenario::Churn(a) => churn::coord(a, &mut cluster),
         Scenario::Worker => Ok(json!({})),
@@ -124,8 +124,13 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
             json!({"before": server_before, "after": server_after}),
         );
     }
+    let checks_failed = matches!(s, Scenario::Soak(_))
+        && out.get("checks_passed").and_then(Value::as_bool) != Some(true);
     println!("{}", Value::Object(out));
     fin?;
+    if checks_failed && failed.is_none() {
+        bail!("soak: a check failed (see checks in the summary)");
+    }
     match failed {
         Some(e) => bail!("{e}"),
         None => Ok(()),
@@ -150,7 +155,7 @@ pub fn run_shard(s: Scenario, ctx: Ctx, users_file: Option<String>) -> Result<()
         Scenario::Connect(a) => connect::shard(&a, ctx, users_file),
         Scenario::Fanout(a) => fanout::shard(&a, ctx, users_file),
         Scenario::Mesh(a) => mesh::shard(&a, mesh::Graph::of(&a), ctx, users_file, false),
-        Scenario::Soak(a) => mesh::shard(&a, mesh::Graph::of(&a), ctx, users_file, true),
+        Scenario::Soak(a) => soak::shard(&a, ctx, users_file),
         Scenario::Xnode(a) => mesh::xnode_shard(&a, ctx, users_file),
         Scenario::Churn(a) => churn::shard(&a, ctx, users_file),
         Scenario::Worker => Ok(()),

@@ -36,7 +36,7 @@ use super::{Interval, Model, Sess};
 use crate::users::{http_exchange, UserDir};
 
 /// A session's status as a view or the log has it: `(session id, status)`.
-pub(super) type Presences = Vec<(String, String)>;
+pub(crate) type Presences = Vec<(String, String)>;
 
 /// What the views found (see the module doc).
 #[derive(Default)]
@@ -307,9 +307,20 @@ pub(super) fn fetch_truth(
     users: &UserDir,
     n: usize,
 ) -> Result<Vec<Presences>> {
-    let mut conn: Option<BufReader<TcpStream>> = None;
-    let mut out = Vec::with_capacity(n);
     let ids: Vec<String> = (0..n).map(|i| users.id(i).into_owned()).collect();
+    fetch_status(server, http_key, &ids)
+}
+
+/// `GET /v2/status` for `ids`, 1,000 per request over one keep-alive
+/// connection: each user's presences `(session id, status)`, sorted, in the
+/// order of `ids`.
+pub(crate) fn fetch_status(
+    server: SocketAddr,
+    http_key: &str,
+    ids: &[String],
+) -> Result<Vec<Presences>> {
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(1000) {
         let target = format!(
             "/v2/status?user_ids={}&http_key={http_key}",

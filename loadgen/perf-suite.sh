@@ -19,7 +19,7 @@ groups=${*:-floor fanout mesh lobby memory connect engine}
 
 cargo build --release --bin herald >/dev/null
 cargo build --release -p loadgen --bins --examples >/dev/null
-herald="$target/release/herald"
+herald=${HERALD:-$target/release/herald}  # $HERALD: another build, for side-by-side runs
 loadgen="$target/release/loadgen"
 token=(--token-key defaultencryptionkey --source-addrs 4)
 : >"$OUT"

@@ -13,6 +13,14 @@
 //! writer holds until they are fully written, so the slot is only used when
 //! the queue is empty and every earlier frame is out: order is kept.
 //!
+//! While a follow waits for other shards ([`Outbox::hold_events`]), the
+//! frames pushed to the session are *held* aside, and
+//! [`Outbox::answer_and_release`] queues the follow's answer first and
+//! then the held frames in order: an owner shard that granted early (its
+//! snapshot taken) sends the events after its snapshot at once, and the
+//! follower must not see them before the snapshot they come after. Held
+//! frames count toward the byte bound.
+//!
 //! Producers are the shard threads (events, replies, pings); the single
 //! consumer is the connection's writer. With thread-per-core shards both
 //! normally run on the session's home shard, but nothing here depends on
@@ -89,6 +97,8 @@ pub struct Outbox {
     /// True while a request of this session waits for other shards. The
     /// connection reads no further requests until the shard clears it.
     request_pending: AtomicBool,
+    /// True while frames are held for a follow's answer (see the module doc).
+    holding: AtomicBool,
     /// Engine clock (seconds) when the client last proved it is alive.
     last_heard: AtomicU32,
     /// The address the registered waker points at (its task), kept only so
@@ -99,6 +109,8 @@ pub struct Outbox {
     limit: usize,
     /// Why the session is closing, when the engine asked for it.
     cause: OnceLock<CloseCause>,
+    /// Frames held while `holding`, in order, with their bytes.
+    held: Mutex<(Vec<Frame>, usize)>,
     /// Frames in the order they must be written, after the slot's.
     queue: SegQueue<Frame>,
 }
@@ -115,6 +127,8 @@ impl Outbox {
             closing: AtomicBool::new(false),
             cause: OnceLock::new(),
             request_pending: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
+            held: Mutex::new((Vec::new(), 0)),
             last_heard: AtomicU32::new(now),
             waker_hint: AtomicPtr::new(std::ptr::null_mut()),
             slot: Mutex::new(None),
@@ -146,11 +160,23 @@ impl Outbox {
     }
 
     /// Queues `frame` and schedules the writer, unless that would pass the
-    /// byte bound (see [`Push`]).
+    /// byte bound (see [`Push`]). While events are held, the frame is held.
     #[inline]
     pub fn push(&self, frame: Frame) -> Push {
         if self.closing.load(Ordering::Relaxed) {
             return Push::Closed;
+        }
+        if self.holding.load(Ordering::Acquire) {
+            let mut held = self.held();
+            if self.holding.load(Ordering::Relaxed) {
+                let before = held.1 + self.queued_bytes.load(Ordering::Acquire);
+                if before != 0 && before >= self.limit {
+                    return self.overflow();
+                }
+                held.1 += frame.len();
+                held.0.push(frame);
+                return Push::Queued;
+            }
         }
         let len = frame.len();
         let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
@@ -159,12 +185,17 @@ impl Outbox {
         // it, so a push to an idle session does not read the bound's line.
         if before != 0 && before >= self.limit {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
-            return if self.close(CloseCause::SlowConsumer) {
-                Push::Overflowed
-            } else {
-                Push::Closed
-            };
+            return self.overflow();
         }
+        self.enqueue(frame, before);
+        self.waker.wake();
+        Push::Queued
+    }
+
+    /// Puts a counted frame in the slot or the queue; `before` is the byte
+    /// count before it was added.
+    #[inline]
+    fn enqueue(&self, frame: Frame, before: usize) {
         if before == 0 {
             // Nothing pending: the slot is free (see the module doc).
             let mut slot = self.slot();
@@ -177,8 +208,60 @@ impl Outbox {
         } else {
             self.queue.push(frame);
         }
+    }
+
+    /// Closes the session for passing its bound.
+    fn overflow(&self) -> Push {
+        if self.close(CloseCause::SlowConsumer) {
+            Push::Overflowed
+        } else {
+            Push::Closed
+        }
+    }
+
+    /// From now on frames pushed are held until [`Outbox::answer_and_release`].
+    pub fn hold_events(&self) {
+        self.holding.store(true, Ordering::Release);
+    }
+
+    /// Queues `reply`, then the frames held since [`Outbox::hold_events`],
+    /// in order, and stops holding. Without a hold it is a plain push.
+    pub fn answer_and_release(&self, reply: Frame) -> Push {
+        if !self.holding.load(Ordering::Acquire) {
+            return self.push(reply);
+        }
+        self.release(Some(reply))
+    }
+
+    /// Queues `first` (if any), then the held frames, and stops holding.
+    fn release(&self, first: Option<Frame>) -> Push {
+        let mut held = self.held();
+        let (frames, held_bytes) = std::mem::take(&mut *held);
+        if self.closing.load(Ordering::Relaxed) {
+            self.holding.store(false, Ordering::Release);
+            return Push::Closed;
+        }
+        let first_bytes = first.as_ref().map_or(0, Frame::len);
+        let mut before = self
+            .queued_bytes
+            .fetch_add(first_bytes + held_bytes, Ordering::AcqRel);
+        for frame in first.into_iter().chain(frames) {
+            let len = frame.len();
+            self.enqueue(frame, before);
+            before += len;
+        }
+        self.holding.store(false, Ordering::Release);
+        drop(held);
         self.waker.wake();
         Push::Queued
+    }
+
+    /// The held frames. A panic while the lock was held leaves a plain
+    /// list, so a poisoned lock is used as is.
+    fn held(&self) -> MutexGuard<'_, (Vec<Frame>, usize)> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Asks the connection to close. Returns true for the first request only.
@@ -254,6 +337,7 @@ impl Outbox {
 
     /// Drops every queued frame (used when a slow consumer is cut off).
     pub fn discard_queued(&self) {
+        *self.held() = (Vec::new(), 0);
         let mut bytes = 0;
         while let Some(frame) = self.pop() {
             bytes += frame.len();
@@ -266,8 +350,12 @@ impl Outbox {
         self.request_pending.store(true, Ordering::Release);
     }
 
-    /// Marks the pending request answered (its reply is already queued) and wakes the connection.
+    /// Marks the pending request answered (its reply is already queued),
+    /// queues any frames held meanwhile, and wakes the connection.
     pub fn finish_request(&self) {
+        if self.holding.load(Ordering::Acquire) {
+            self.release(None);
+        }
         self.request_pending.store(false, Ordering::Release);
         self.waker.wake();
     }
@@ -339,6 +427,26 @@ mod tests {
             assert_eq!(outbox.pop().as_ref(), Some(f));
         }
         assert_eq!(outbox.pop(), None);
+    }
+
+    #[test]
+    fn held_frames_follow_the_answer_and_count_toward_the_bound() {
+        let outbox = Outbox::new(Format::Json, 100, 0);
+        outbox.hold_events();
+        assert_eq!(outbox.push(frame(60)), Push::Queued);
+        assert_eq!(outbox.push(frame(30)), Push::Queued);
+        assert_eq!(outbox.pop(), None, "held, not queued");
+        assert_eq!(outbox.answer_and_release(frame(5)), Push::Queued);
+        let lens: Vec<usize> = std::iter::from_fn(|| outbox.pop())
+            .map(|f| f.len())
+            .collect();
+        assert_eq!(lens, [frame(5).len(), frame(60).len(), frame(30).len()]);
+        outbox.written(lens.iter().sum());
+        assert_eq!(outbox.queued_bytes(), 0);
+        // Held bytes past the bound close the session, as queued ones do.
+        outbox.hold_events();
+        assert_eq!(outbox.push(frame(120)), Push::Queued);
+        assert_eq!(outbox.push(frame(1)), Push::Overflowed);
     }
 
     #[test]

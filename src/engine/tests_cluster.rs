@@ -513,3 +513,53 @@ fn a_session_s_own_user_loads_when_it_connects_and_it_sees_the_other_devices() {
     assert_eq!(texts(&a), ["event:+home-on the phone"]);
     let _ = a.id;
 }
+
+#[test]
+fn events_granted_early_wait_for_the_answer_of_a_follow_that_loads_another_user() {
+    let mut node = Node::new();
+    let (bob, carol) = (node.user_on(1, 0), node.user_on(1, 1));
+    let (kept, loading) = (node.user_on(0, 1), node.user_on(1, 2));
+    let b = node.connect(bob, false);
+    let c = node.connect(carol, false);
+    node.answer_fetches();
+    let s1 = SessionId::random();
+    node.remote(kept, s1, 1, Some("one"));
+    node.read_log();
+    // Carol's follow keeps `kept` loaded on shard 0.
+    node.request(&c, follow(&[kept]));
+    node.answer_fetches();
+    assert_eq!(texts(&c), ["status:[\"one\"]"]);
+    // Shard 0 grants `kept` at once (its snapshot taken); `loading` waits
+    // for its fetch, and a change of `kept` arrives meanwhile.
+    node.request(&b, follow(&[kept, loading]));
+    node.remote(kept, s1, 2, Some("two"));
+    node.read_log();
+    assert_eq!(texts(&c), ["event:+two-one"]);
+    assert_eq!(texts(&b), Vec::<String>::new(), "held for the answer");
+    node.answer_fetches();
+    assert_eq!(
+        texts(&b),
+        ["status:[\"one\"]", "event:+two-one"],
+        "the snapshot first, then the change after it"
+    );
+}
+
+#[test]
+fn a_follow_again_that_waits_holds_the_events_of_users_already_followed() {
+    let mut node = Node::new();
+    let bob = node.user_on(1, 0);
+    let (near, far) = (node.user_on(1, 1), node.user_on(0, 1));
+    let b = node.connect(bob, false);
+    node.answer_fetches();
+    let s1 = SessionId::random();
+    node.remote(near, s1, 1, Some("one"));
+    node.request(&b, follow(&[near]));
+    node.answer_fetches();
+    assert_eq!(texts(&b), ["status:[\"one\"]"]);
+    node.request(&b, follow(&[near, far]));
+    node.remote(near, s1, 2, Some("two"));
+    node.read_log();
+    assert_eq!(texts(&b), Vec::<String>::new(), "held for the answer");
+    node.answer_fetches();
+    assert_eq!(texts(&b), ["status:[\"one\"]", "event:+two-one"]);
+}

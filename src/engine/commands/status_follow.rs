@@ -28,6 +28,7 @@ use crate::engine::inbox::ShardMsg;
 use crate::engine::shard::{PendingFollow, SessionKey, Shard};
 use crate::ids::UserId;
 use crate::protocol::errors;
+use crate::protocol::Frame;
 use crate::protocol::{Presence, Reply, ReplyBody};
 
 impl Shard {
@@ -208,6 +209,9 @@ impl Shard {
         }
         if let Some(outbox) = self.outbox(key) {
             outbox.begin_request();
+            // Owner shards that grant first send the events after their
+            // snapshots at once: they wait for the answer (see `Outbox`).
+            outbox.hold_events();
         }
     }
 
@@ -325,14 +329,13 @@ impl Shard {
             return;
         }
         if let Some(done) = entry.pending.take() {
-            self.reply(
-                session,
-                &Reply {
+            // The answer goes ahead of the events held while it waited.
+            if let Some(outbox) = self.outbox(session) {
+                let reply = Reply {
                     cid: &done.cid,
                     body: ReplyBody::Status(&done.presences),
-                },
-            );
-            if let Some(outbox) = self.outbox(session) {
+                };
+                outbox.answer_and_release(Frame::reply(outbox.format(), &reply));
                 outbox.finish_request();
             }
         }

@@ -80,7 +80,7 @@ fn draw_friend(
         if c == u || taken.contains(&(c as u32)) {
             continue;
         }
-        if nodes > 1 && node(c) == home && next() % 4 != 0 {
+        if nodes > 1 && node(c) == home && !next().is_multiple_of(4) {
             continue;
         }
         return Some(c as u32);
@@ -99,7 +99,7 @@ fn friends_of(
     nodes: usize,
 ) -> Vec<u32> {
     let f = f.min(users.saturating_sub(1));
-    let mut state = mix(seed ^ 0x0066_7269_656e_64 ^ mix(u as u64));
+    let mut state = mix(seed ^ 0x0066_7269_656e_0064 ^ mix(u as u64));
     let mut next = move || {
         state = mix(state);
         state

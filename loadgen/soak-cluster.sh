@@ -8,6 +8,7 @@
 #   loadgen/soak-cluster.sh --connections N --minutes M [--nodes K] [-- SOAK FLAGS…]
 #
 # K defaults to ceil(N / 19,500) (each process may hold 20,000 files here).
+# SOAK_KEEP=1 keeps the work directory (node, NATS and Postgres logs).
 # Binaries: $HERALD and $LOADGEN, else $CARGO_TARGET_DIR/release (else
 # target/release). Tokens are minted offline with the nodes' encryption key
 # (Herald's default, `defaultencryptionkey`), and the nodes run with
@@ -62,7 +63,7 @@ cleanup() {
   if [ -n "$PG_STARTED" ] && [ -f "$WORK/pg/data/postmaster.pid" ]; then
     stop_pid "$(head -1 "$WORK/pg/data/postmaster.pid")"
   fi
-  rm -rf "$WORK"
+  if [ -n "${SOAK_KEEP:-}" ]; then echo "soak-cluster: kept $WORK (logs)" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'echo "soak-cluster: interrupted" >&2; exit 130' INT TERM

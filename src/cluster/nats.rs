@@ -3,10 +3,11 @@
 //! cluster makes. Everything here runs on the cluster thread.
 //!
 //! Connection settings and why:
-//! * pings every 500 ms: async-nats drops a connection after two
-//!   unanswered pings, so a dead link is noticed in 1-1.5 s, and the fence
-//!   rule F1 (2 s more of no connection) closes a cut node's sockets about
-//!   3.5 s after the cut, before its peers declare it dead (4-6 s);
+//! * pings every second: async-nats drops a connection after two
+//!   unanswered pings, so a dead link is noticed in 2-3 s (the fence rule
+//!   F1 then needs 2 s more of no connection). Every 500 ms was tried: a
+//!   node busy with a burst of follows (a soak's ramp) then missed pongs
+//!   and dropped healthy connections;
 //! * reconnect attempts every 250 ms at most, forever: a node cut from NATS
 //!   must be ready again within 2 s of the link healing;
 //! * a large subscription buffer for the watch (1 Mi messages): with the
@@ -108,6 +109,30 @@ pub async fn connect(
     config: &ClusterConfig,
     events: mpsc::UnboundedSender<Event>,
 ) -> Result<Client, ClusterError> {
+    connect_as(config, "", events).await
+}
+
+/// The connection for fetches (direct gets), apart from the one that
+/// carries the watch, the heartbeats and the writes: nats-server answers a
+/// direct get on the asking connection's read path, so a burst of them
+/// (thousands of users followed at once) delayed that connection's pongs
+/// past the ping limit, and the node lost its connection and its lease.
+/// Its connection events are only logged.
+pub async fn connect_for_fetches(config: &ClusterConfig) -> Result<Client, ClusterError> {
+    let (events, mut logged) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = logged.recv().await {
+            tracing::debug!(%event, "NATS connection for fetches");
+        }
+    });
+    connect_as(config, " fetch", events).await
+}
+
+async fn connect_as(
+    config: &ClusterConfig,
+    role: &str,
+    events: mpsc::UnboundedSender<Event>,
+) -> Result<Client, ClusterError> {
     let urls = config.redacted_urls();
     let fail = |reason: String| ClusterError::Connect {
         urls: urls.clone(),
@@ -115,8 +140,8 @@ pub async fn connect(
     };
     let servers = split_credentials(&config.urls).map_err(ClusterError::Config)?;
     let mut options = ConnectOptions::new()
-        .name(format!("herald {}", config.node_id))
-        .ping_interval(Duration::from_millis(500))
+        .name(format!("herald {}{role}", config.node_id))
+        .ping_interval(Duration::from_secs(1))
         .connection_timeout(CONNECT_TIMEOUT)
         .request_timeout(Some(API_TIMEOUT))
         .subscription_capacity(SUBSCRIPTION_CAPACITY)

@@ -64,6 +64,13 @@ pub(super) async fn run(
             return;
         }
     };
+    let fetch_client = match nats::connect_for_fetches(&config).await {
+        Ok(client) => client,
+        Err(error) => {
+            let _ = connected.send(Err(error));
+            return;
+        }
+    };
     let js = nats::jetstream(client.clone());
     if let Err(error) = nats::ensure_stream_patiently(&js, &config).await {
         let _ = connected.send(Err(error));
@@ -93,7 +100,7 @@ pub(super) async fn run(
         "cluster mode: reading the presence log"
     );
     let (fetched_tx, fetched) = mpsc::unbounded_channel();
-    let node = ClusterNode::new(config, shared, engine, client, js, fetched_tx);
+    let node = ClusterNode::new(config, shared, engine, client, fetch_client, js, fetched_tx);
     node.run(commands, events, kicks, fetched).await;
 }
 
@@ -175,6 +182,8 @@ struct ClusterNode {
     shared: Arc<ClusterShared>,
     engine: EngineHandle,
     client: Client,
+    /// A second connection, for fetches only (see `nats::connect_for_fetches`).
+    fetch_client: Client,
     js: Context,
     subjects: Subjects,
     replicator: Replicator,
@@ -210,6 +219,7 @@ impl ClusterNode {
         shared: Arc<ClusterShared>,
         engine: EngineHandle,
         client: Client,
+        fetch_client: Client,
         js: Context,
         fetched_tx: mpsc::UnboundedSender<FetchDone>,
     ) -> ClusterNode {
@@ -244,6 +254,7 @@ impl ClusterNode {
             shared,
             engine,
             client,
+            fetch_client,
             js,
         }
     }
@@ -613,7 +624,7 @@ impl ClusterNode {
     /// from behind `since` is asked again). A user with more sessions than
     /// one reply can hold is logged and read as having none.
     fn fetch_request(&self, users: Vec<UserId>, since: u64) -> BoxFuture<'static, Fetched> {
-        let client = self.client.clone();
+        let client = self.fetch_client.clone();
         let stream = format!("KV_{}", self.config.bucket);
         let subjects = self.subjects.clone();
         let anchor = self.subjects.lease(&self.config.node_id);

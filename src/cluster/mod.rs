@@ -100,12 +100,15 @@ pub const WATCH_STALL: Duration = Duration::from_millis(1500);
 /// whatever the heartbeats say (the node fences itself at 15 s anyway).
 pub const WATCH_SILENT: Duration = Duration::from_secs(10);
 /// A session's write drops the key's earlier versions from the log
-/// (`Nats-Rollup: sub`) when its previous write is at least this old: every
-/// node has read them long since, so the log holds about one record per
-/// session at rest, while the versions of a burst stay for any watch that
-/// is catching up (after a NATS leader failover, 5-10 s) to read. At most
-/// [`nats::HISTORY`] versions are kept in any case.
-pub const ROLLUP_AFTER: u32 = 30;
+/// (`Nats-Rollup: sub`) when its previous write is at least this old (in
+/// seconds). Off in effect (longer than a session lives): in the soak each
+/// rollup cost nats-server milliseconds of CPU (it purges the subject's
+/// older messages from the file store), and once the sessions of a soak
+/// began to roll up (30 s, the value this had) nats-server saturated, the
+/// watches lagged and the nodes fenced themselves. Without rollups a key
+/// keeps its last [`nats::HISTORY`] versions. Cheaper compaction is open
+/// work (PERF.md, "Soak").
+pub const ROLLUP_AFTER: u32 = 1_000_000_000;
 /// How long the marker of an ended session stays in the log: longer than
 /// any watch interruption a node survives without being fenced.
 pub const PURGE_MARKER_TTL: Duration = Duration::from_secs(600);

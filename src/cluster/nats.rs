@@ -38,9 +38,8 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// version still in the stream; with only the latest kept, a session
 /// updating faster than a watch delivers (a burst of updates within a
 /// millisecond), or while a watch recovers from a NATS failover, would have
-/// intermediate statuses superseded before some node read them. Writes roll
-/// older versions up once they are [`super::ROLLUP_AFTER`] old, so at rest a
-/// session has one record; this cap bounds a flood.
+/// intermediate statuses superseded before some node read them. This cap
+/// bounds what a session keeps (rollups are off: [`super::ROLLUP_AFTER`]).
 pub const HISTORY: i64 = 64;
 /// Largest value: a 2048-byte status, a username and the header fit easily.
 const MAX_VALUE_BYTES: i32 = 8192;

@@ -171,10 +171,20 @@ impl Membership {
     pub fn own_lease(&mut self, rev: u64, value: Option<LeaseValue>, now: Instant) -> Option<Step> {
         self.seen_rev = rev;
         self.seen = value;
-        match self.phase {
-            Phase::Live { incarnation, .. } => {
+        match &mut self.phase {
+            Phase::Live {
+                incarnation,
+                rev: own_rev,
+                ..
+            } => {
+                let incarnation = *incarnation;
                 match value {
-                    Some(v) if v.incarnation == incarnation && v.state == LeaseState::Live => None,
+                    Some(v) if v.incarnation == incarnation && v.state == LeaseState::Live => {
+                        // One of this node's heartbeats: the next one
+                        // compares with the newest (see `written`).
+                        *own_rev = (*own_rev).max(rev);
+                        None
+                    }
                     Some(v) if v.state == LeaseState::Live => {
                         Some(self.fence(FenceReason::NodeIdTaken, now))
                     }
@@ -298,11 +308,15 @@ impl Membership {
                 *writing = false;
                 None
             }
-            (Phase::Live { writing, .. }, Err(conflict)) => {
+            (Phase::Live { writing, .. }, Err(_)) => {
+                // A failed write (timeout) is retried next beat. A refused
+                // compare-and-set means the key moved: a verdict, which the
+                // log delivers (`own_lease` fences then), or this node's own
+                // earlier heartbeat whose ack timed out but which was stored
+                // (`own_lease` takes its position). Fencing on the refusal
+                // itself fenced healthy nodes whose acks were slow.
                 *writing = false;
-                // A refused compare-and-set: someone else wrote the lease (a
-                // verdict). A failed write (timeout) is retried next beat.
-                conflict.then(|| self.fence(FenceReason::LeaseLost, now))
+                None
             }
             _ => None,
         }
@@ -430,18 +444,32 @@ mod tests {
                 ..
             })
         ));
+        // A refused heartbeat alone does not fence: its own earlier beat,
+        // stored though its ack timed out, moved the key. It compares
+        // with that beat's position once the log shows it.
         let mut m = registered(t0);
         m.tick(t0 + HEARTBEAT, true, || 0);
+        assert_eq!(m.written(Err(true), t0 + HEARTBEAT), None);
+        let (incarnation, _, _) = m.lease_rev().expect("still live");
+        let own = Some(LeaseValue {
+            state: LeaseState::Live,
+            incarnation,
+            beat: 1,
+        });
+        assert_eq!(m.own_lease(12, own, t0 + HEARTBEAT), None);
         assert!(matches!(
-            m.written(Err(true), t0 + HEARTBEAT),
+            m.tick(t0 + HEARTBEAT * 2, true, || 0),
+            Some(Step::Write { expected: 12, .. })
+        ));
+        assert!(matches!(
+            m.own_lease(13, dead, t0 + HEARTBEAT * 2),
             Some(Step::Fence {
                 reason: FenceReason::LeaseLost,
                 ..
             })
         ));
         // After a fence it registers again, with compare-and-set on what it read.
-        m.own_lease(13, dead, t0);
-        let step = m.tick(t0 + Duration::from_secs(2), true, || 8);
+        let step = m.tick(t0 + Duration::from_secs(3), true, || 8);
         assert!(
             matches!(step, Some(Step::Write { expected: 13, value }) if value.incarnation == 8)
         );

@@ -300,7 +300,11 @@ pub async fn ensure_stream(
                 allow_rollup: true,
                 deny_delete: true,
                 allow_direct: true,
-                storage: stream::StorageType::File,
+                // Memory: presence is ephemeral (a restart of an R1 server
+                // fences every node, which registers again), and with a
+                // file store nats-server spent its CPU in block reads when
+                // thousands of users were fetched at once (PERF.md, "Soak").
+                storage: stream::StorageType::Memory,
                 num_replicas: usize::from(config.replicas),
                 duplicate_window: DUPLICATE_WINDOW,
                 allow_message_ttl: true,

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 # The soak and fan-out tests hold thousands of sockets per process: every
 # process started from here gets the hard limit of open files (20,000 here)
 # as its soft limit, as soak-cluster.sh does.
-ulimit -n "$(ulimit -Hn)"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 root=$PWD
 target=${CARGO_TARGET_DIR:-$root/target}
 

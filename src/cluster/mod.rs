@@ -99,16 +99,6 @@ pub const WATCH_STALL: Duration = Duration::from_millis(1500);
 /// A watch silent for this long while the node is registered is recreated
 /// whatever the heartbeats say (the node fences itself at 15 s anyway).
 pub const WATCH_SILENT: Duration = Duration::from_secs(10);
-/// A session's write drops the key's earlier versions from the log
-/// (`Nats-Rollup: sub`) when its previous write is at least this old (in
-/// seconds). Off in effect (longer than a session lives): in the soak each
-/// rollup cost nats-server milliseconds of CPU (it purges the subject's
-/// older messages from the file store), and once the sessions of a soak
-/// began to roll up (30 s, the value this had) nats-server saturated, the
-/// watches lagged and the nodes fenced themselves. Without rollups a key
-/// keeps its last [`nats::HISTORY`] versions. Cheaper compaction is open
-/// work (PERF.md, "Soak").
-pub const ROLLUP_AFTER: u32 = 1_000_000_000;
 /// How long the marker of an ended session stays in the log: longer than
 /// any watch interruption a node survives without being fenced.
 pub const PURGE_MARKER_TTL: Duration = Duration::from_secs(600);
@@ -245,9 +235,8 @@ pub struct LogWrite {
 
 #[derive(Debug)]
 pub enum WriteOp {
-    /// The session's status is now `value`. With `rollup`, the log drops the
-    /// key's earlier versions (see [`ROLLUP_AFTER`]).
-    Put { value: PresenceValue, rollup: bool },
+    /// The session's status is now this value.
+    Put(PresenceValue),
     /// The session went offline or ended (change number of the purge).
     Purge(u64),
     /// `--single-socket`: the session is its user's newest.

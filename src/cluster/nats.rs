@@ -39,7 +39,10 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// updating faster than a watch delivers (a burst of updates within a
 /// millisecond), or while a watch recovers from a NATS failover, would have
 /// intermediate statuses superseded before some node read them. This cap
-/// bounds what a session keeps (rollups are off: [`super::ROLLUP_AFTER`]).
+/// bounds what a session keeps. Writes do not roll older versions up: in
+/// the soak each `Nats-Rollup: sub` cost nats-server milliseconds of CPU,
+/// and once a soak's sessions rolled up nats-server saturated and the nodes
+/// fenced themselves (PERF.md, "Soak").
 pub const HISTORY: i64 = 64;
 /// Largest value: a 2048-byte status, a username and the header fit easily.
 const MAX_VALUE_BYTES: i32 = 8192;

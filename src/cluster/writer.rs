@@ -121,17 +121,12 @@ impl Writer {
                 .presence(&self.me, write.incarnation, write.user, write.session)
         };
         let (subject, message) = match &write.op {
-            WriteOp::Put { value, rollup } => {
-                let message = Publish::build()
+            WriteOp::Put(value) => (
+                presence(),
+                Publish::build()
                     .payload(Bytes::from(value.encode()))
-                    .message_id(format!("{}:{}", write.session, value.change));
-                let message = if *rollup {
-                    message.header("Nats-Rollup", "sub")
-                } else {
-                    message
-                };
-                (presence(), message)
-            }
+                    .message_id(format!("{}:{}", write.session, value.change)),
+            ),
             WriteOp::Purge(change) => (
                 presence(),
                 Publish::build()
@@ -168,14 +163,11 @@ mod tests {
             session,
             user: UserId(uuid::Uuid::new_v4()),
             incarnation,
-            op: WriteOp::Put {
-                value: PresenceValue {
-                    change,
-                    username: "u".into(),
-                    status: "s".into(),
-                },
-                rollup: false,
-            },
+            op: WriteOp::Put(PresenceValue {
+                change,
+                username: "u".into(),
+                status: "s".into(),
+            }),
         }
     }
 
@@ -193,11 +185,11 @@ mod tests {
             "other sessions do not wait"
         );
         let (done, next) = writer.stored(s1);
-        assert!(matches!(done.unwrap().op, WriteOp::Put { ref value, .. } if value.change == 1));
+        assert!(matches!(done.unwrap().op, WriteOp::Put(ref value) if value.change == 1));
         let next = next.unwrap();
         assert!(next.subject.starts_with("$KV.herald.s.a.0000000000000001."));
         let (done, next) = writer.stored(s1);
-        assert!(matches!(done.unwrap().op, WriteOp::Put { ref value, .. } if value.change == 2));
+        assert!(matches!(done.unwrap().op, WriteOp::Put(ref value) if value.change == 2));
         assert!(next.is_none());
         assert_eq!(writer.pending_sessions(), 1);
     }

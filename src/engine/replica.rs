@@ -47,9 +47,7 @@ use super::outbox::CloseCause;
 use super::shard::{presence_of_replica, SessionKey, Shard};
 use super::stats::ShardStats;
 use super::Outcome;
-use crate::cluster::{
-    ClusterLink, LogWrite, Origin, PresenceRecord, PresenceValue, WriteOp, ROLLUP_AFTER,
-};
+use crate::cluster::{ClusterLink, LogWrite, Origin, PresenceRecord, PresenceValue, WriteOp};
 use crate::ids::{SessionId, UserId};
 use crate::protocol::{Reply, ReplyBody, StatusPresenceEvent};
 
@@ -131,8 +129,6 @@ pub(super) struct LoggedSession {
     pub incarnation: u64,
     /// Writes made so far: the change number of the last one.
     pub change: u64,
-    /// Engine time of the last write, for [`crate::cluster::ROLLUP_AFTER`].
-    pub last_write: u32,
     /// The log holds (or will hold) a status of this session, so a purge is
     /// due when it goes offline or ends.
     pub has_status: bool,
@@ -163,7 +159,6 @@ impl Shard {
         let Some(link) = self.cluster().cloned() else {
             return Outcome::Done;
         };
-        let now = self.engine.now();
         let Some(entry) = self.entry_mut(key) else {
             return Outcome::Done;
         };
@@ -181,17 +176,12 @@ impl Shard {
         logged.change += 1;
         let change = logged.change;
         logged.has_status = status.is_some();
-        let rollup = now.saturating_sub(logged.last_write) >= ROLLUP_AFTER;
-        logged.last_write = now;
         let op = match status {
-            Some(status) => WriteOp::Put {
-                value: PresenceValue {
-                    change,
-                    username,
-                    status,
-                },
-                rollup,
-            },
+            Some(status) => WriteOp::Put(PresenceValue {
+                change,
+                username,
+                status,
+            }),
             None => WriteOp::Purge(change),
         };
         let pending = cid.is_some();

@@ -154,7 +154,7 @@ impl Node {
 
     fn store(&mut self, write: LogWrite) {
         let (value, change) = match write.op {
-            WriteOp::Put { value, .. } => {
+            WriteOp::Put(value) => {
                 let change = value.change;
                 (Some(value), change)
             }

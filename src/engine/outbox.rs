@@ -75,7 +75,7 @@ pub enum Push {
 ///
 /// Laid out for the fan-out loop, which touches a million of these per
 /// change: everything a push to an idle session reads or writes (byte
-/// count, slot, waker, closing flag, format) sits in the first cache line
+/// count, slot, waker, closing and hold flags, format) sits in the first cache line
 /// (`repr(C)` keeps the order; a test checks it). The second line opens
 /// with the waker's address, which the loop loads alongside the first line
 /// to prefetch the writer task a batch ahead. The bound is read only when
@@ -458,6 +458,7 @@ mod tests {
             offset_of!(Outbox, slot) + size_of::<Mutex<Option<Frame>>>(),
             offset_of!(Outbox, waker) + size_of::<AtomicWaker>(),
             offset_of!(Outbox, closing) + size_of::<AtomicBool>(),
+            offset_of!(Outbox, holding) + size_of::<AtomicBool>(),
             offset_of!(Outbox, format) + size_of::<Format>(),
         ];
         assert!(ends.iter().all(|end| *end <= 64), "{ends:?}");

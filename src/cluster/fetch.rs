@@ -16,7 +16,14 @@
 //! position to join the snapshot with the records it buffered meanwhile: a
 //! replica that answers from *behind* the shard's own position would be
 //! stale, so such an answer is refused and asked again ([`Fetched::as_of`]).
+//!
+//! The cluster task sends at most [`IN_FLIGHT`] such requests at once and
+//! queues the rest ([`FetchQueue`]), joining a shard's small requests into
+//! full ones while they wait: a follow burst then costs the server few
+//! requests, and none is asked twice because the server was too busy to
+//! answer it in time.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap};
@@ -25,6 +32,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::replicator::Operation;
+use crate::ids::UserId;
 
 /// Most subjects one reply may hold (the server's cap is 1,024).
 pub const MAX_RESULTS: usize = 1024;
@@ -151,4 +159,144 @@ fn header_u64(headers: Option<&HeaderMap>, name: &str) -> u64 {
         .and_then(|h| h.get(name))
         .and_then(|v| v.as_str().parse().ok())
         .unwrap_or(0)
+}
+
+/// Snapshot fetches in flight at once, per node. More would not load users
+/// faster (the server answers them one after another) but would pile
+/// replies up in the server, and a request that times out under that pile
+/// is sent again: a burst of follows then feeds on itself.
+pub const IN_FLIGHT: usize = 4;
+
+/// One shard's users waiting to be fetched, as of a position no older than
+/// `since`.
+#[derive(Debug, PartialEq)]
+pub struct Waiting {
+    pub shard: u16,
+    pub users: Vec<UserId>,
+    pub since: u64,
+}
+
+/// The snapshot fetches of one node: at most [`IN_FLIGHT`] run, the rest
+/// wait in arrival order. Users a shard asks for while its earlier request
+/// still waits join that request (up to [`USERS_PER_REQUEST`]), so a burst
+/// becomes few full requests instead of many small ones. Owned by the
+/// cluster task.
+#[derive(Debug, Default)]
+pub struct FetchQueue {
+    waiting: VecDeque<Waiting>,
+    in_flight: usize,
+}
+
+/// How far back a shard's waiting request is looked for (a burst
+/// interleaves a few shards).
+const JOIN_WINDOW: usize = 16;
+
+impl FetchQueue {
+    /// Queues `users` of `shard`.
+    pub fn push(&mut self, shard: u16, mut users: Vec<UserId>, since: u64) {
+        let open = self
+            .waiting
+            .iter_mut()
+            .rev()
+            .take(JOIN_WINDOW)
+            .find(|w| w.shard == shard && w.users.len() < USERS_PER_REQUEST);
+        if let Some(open) = open {
+            let room = USERS_PER_REQUEST - open.users.len();
+            let rest = users.split_off(room.min(users.len()));
+            open.users.append(&mut users);
+            // An answer as of the later position serves both.
+            open.since = open.since.max(since);
+            users = rest;
+        }
+        while !users.is_empty() {
+            let rest = users.split_off(USERS_PER_REQUEST.min(users.len()));
+            self.waiting.push_back(Waiting {
+                shard,
+                users,
+                since,
+            });
+            users = rest;
+        }
+    }
+
+    /// The next request to send, if a slot is free (it counts as in flight
+    /// until [`FetchQueue::done`]).
+    pub fn next_to_send(&mut self) -> Option<Waiting> {
+        if self.in_flight >= IN_FLIGHT {
+            return None;
+        }
+        let next = self.waiting.pop_front()?;
+        self.in_flight += 1;
+        Some(next)
+    }
+
+    /// A request sent by [`FetchQueue::next_to_send`] finished.
+    pub fn done(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// Users waiting for a slot.
+    pub fn waiting_users(&self) -> usize {
+        self.waiting.iter().map(|w| w.users.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(from: u128, count: u128) -> Vec<UserId> {
+        (from..from + count)
+            .map(|n| UserId(uuid::Uuid::from_u128(n + 1)))
+            .collect()
+    }
+
+    #[test]
+    fn a_burst_becomes_few_full_requests_and_only_some_run_at_once() {
+        let mut queue = FetchQueue::default();
+        // 40 follows of 20 new users each, from two shards in turn.
+        for k in 0..40u128 {
+            queue.push((k % 2) as u16, users(k * 20, 20), k as u64);
+        }
+        let mut sent = Vec::new();
+        while let Some(request) = queue.next_to_send() {
+            sent.push(request);
+        }
+        assert_eq!(sent.len(), IN_FLIGHT, "no more than IN_FLIGHT at once");
+        for _ in 0..100 {
+            queue.done();
+            if let Some(request) = queue.next_to_send() {
+                sent.push(request);
+            }
+        }
+        // 400 users per shard: 4 requests each (128, 128, 128, 16).
+        assert_eq!(sent.len(), 8);
+        for shard in 0..2u16 {
+            let mine: Vec<&Waiting> = sent.iter().filter(|w| w.shard == shard).collect();
+            let sizes: Vec<usize> = mine.iter().map(|w| w.users.len()).collect();
+            assert_eq!(sizes, vec![128, 128, 128, 16]);
+            // Every user once, in the order asked.
+            let all: Vec<UserId> = mine.iter().flat_map(|w| w.users.clone()).collect();
+            let expected: Vec<UserId> = (0..40u128)
+                .filter(|k| (k % 2) as u16 == shard)
+                .flat_map(|k| users(k * 20, 20))
+                .collect();
+            assert_eq!(all, expected);
+            // A joined request is answered as of its latest position.
+            assert_eq!(mine[0].since, if shard == 0 { 12 } else { 13 });
+        }
+        assert_eq!(queue.waiting_users(), 0);
+    }
+
+    #[test]
+    fn a_request_in_flight_is_not_joined() {
+        let mut queue = FetchQueue::default();
+        queue.push(0, users(0, 3), 1);
+        let first = queue.next_to_send().expect("a free slot");
+        queue.push(0, users(3, 3), 2);
+        let second = queue.next_to_send().expect("a free slot");
+        assert_eq!(first.users, users(0, 3));
+        assert_eq!(second.users, users(3, 3));
+        assert_eq!(second.since, 2);
+    }
 }

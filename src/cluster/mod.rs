@@ -90,8 +90,10 @@ pub const FENCE_DISCONNECTED: Duration = Duration::from_secs(2);
 /// (longer than a NATS stream leader election, 4-9 s).
 pub const FENCE_NO_HEARTBEAT: Duration = Duration::from_secs(15);
 /// The watch has stalled when a heartbeat of this node was acknowledged by
-/// the log this long ago and the watch has not delivered it: the log moves,
-/// the watch does not (its consumer died with a NATS server). It is then
+/// the log this long ago, the watch has not delivered it, and the watch has
+/// delivered nothing for as long: the log moves, the watch does not (its
+/// consumer died with a NATS server). A watch that lags but delivers is
+/// left alone. It is then
 /// recreated from its last position. While the log itself stalls (a leader
 /// election), nothing is acknowledged and nothing is recreated: a consumer
 /// that survived resumes by itself.

@@ -29,7 +29,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::control;
-use super::fetch::{self, FetchError, Fetched};
+use super::fetch::{self, FetchError, FetchQueue, Fetched, Waiting};
 use super::membership::{Membership, Step};
 use super::nats;
 use super::record::{LeaseState, LeaseValue, Subjects};
@@ -200,6 +200,8 @@ struct ClusterNode {
     retries: Vec<(Instant, SessionId)>,
     /// Fetches come back here.
     fetched_tx: mpsc::UnboundedSender<FetchDone>,
+    /// Snapshot fetches, sent a few at a time.
+    fetches: FetchQueue,
     /// Snapshots waiting for the watch to reach their position, so that
     /// the lease table they are judged with is at least as recent.
     deferred: Vec<FetchDone>,
@@ -245,6 +247,7 @@ impl ClusterNode {
             background: FuturesUnordered::new(),
             retries: Vec::new(),
             fetched_tx,
+            fetches: FetchQueue::default(),
             deferred: Vec::new(),
             predecessor: None,
             unread_ack: None,
@@ -296,6 +299,10 @@ impl ClusterNode {
                 }
                 Some(()) = self.background.next(), if !self.background.is_empty() => {}
                 Some(done) = fetched.recv() => {
+                    if matches!(done, FetchDone::Snapshot { .. }) {
+                        self.fetches.done();
+                        self.send_fetches();
+                    }
                     self.deferred.push(done);
                     self.deliver_fetched();
                 }
@@ -374,38 +381,15 @@ impl ClusterNode {
                 users,
                 since,
             } => {
-                for chunk in users.chunks(fetch::USERS_PER_REQUEST) {
-                    let (users, tx) = (chunk.to_vec(), self.fetched_tx.clone());
-                    let request = self.fetch_request(users.clone(), since);
-                    self.background.push(
-                        async move {
-                            let fetched = request.await;
-                            let _ = tx.send(FetchDone::Snapshot {
-                                shard,
-                                users,
-                                fetched,
-                            });
-                        }
-                        .boxed(),
-                    );
-                }
+                self.fetches.push(shard, users, since);
+                self.send_fetches();
             }
             Command::QueryStatus { users, reply } => {
-                let (tx, request) = (
-                    self.fetched_tx.clone(),
-                    self.fetch_request(users.clone(), 0),
-                );
-                self.background.push(
-                    async move {
-                        let fetched = request.await;
-                        let _ = tx.send(FetchDone::Status {
-                            users,
-                            fetched,
-                            reply,
-                        });
-                    }
-                    .boxed(),
-                );
+                self.spawn_fetch(users, 0, |users, fetched| FetchDone::Status {
+                    users,
+                    fetched,
+                    reply,
+                });
             }
             Command::Leave(done) => {
                 self.leave().await;
@@ -619,6 +603,41 @@ impl ClusterNode {
 
     // ---- fetches --------------------------------------------------------------
 
+    /// Sends the waiting snapshot fetches the queue has slots for.
+    fn send_fetches(&mut self) {
+        while let Some(Waiting {
+            shard,
+            users,
+            since,
+        }) = self.fetches.next_to_send()
+        {
+            self.spawn_fetch(users, since, move |users, fetched| FetchDone::Snapshot {
+                shard,
+                users,
+                fetched,
+            });
+        }
+    }
+
+    /// Runs a fetch of `users` beside the loop; `done` makes what comes
+    /// back on the fetched channel.
+    fn spawn_fetch(
+        &mut self,
+        users: Vec<UserId>,
+        since: u64,
+        done: impl FnOnce(Vec<UserId>, Fetched) -> FetchDone + Send + 'static,
+    ) {
+        let tx = self.fetched_tx.clone();
+        let request = self.fetch_request(users.clone(), since);
+        self.background.push(
+            async move {
+                let fetched = request.await;
+                let _ = tx.send(done(users, fetched));
+            }
+            .boxed(),
+        );
+    }
+
     /// Reads the presences of `users` from the stream, as of a position no
     /// older than `since`: retried until it succeeds (a replica that answers
     /// from behind `since` is asked again). A user with more sessions than
@@ -769,10 +788,14 @@ impl ClusterNode {
         {
             self.unread_ack = None;
         }
-        let behind = self
-            .unread_ack
-            .is_some_and(|(_, at)| now.duration_since(at) >= WATCH_STALL);
-        let silent = now.duration_since(self.watch.last_message) >= WATCH_SILENT;
+        // A watch that lags behind the log but still delivers is busy, not
+        // stalled: recreating it would only add to the load.
+        let quiet = now.duration_since(self.watch.last_message);
+        let behind = quiet >= WATCH_STALL
+            && self
+                .unread_ack
+                .is_some_and(|(_, at)| now.duration_since(at) >= WATCH_STALL);
+        let silent = quiet >= WATCH_SILENT;
         let stalled = self.watch.messages.is_some()
             && self.connected
             && self.membership.incarnation().is_some()

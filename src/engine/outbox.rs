@@ -19,7 +19,9 @@
 //! then the held frames in order: an owner shard that granted early (its
 //! snapshot taken) sends the events after its snapshot at once, and the
 //! follower must not see them before the snapshot they come after. Held
-//! frames count toward the byte bound.
+//! frames count toward the byte bound. Keepalive pings are never held
+//! ([`Outbox::push_ping`]): a follow that waits long for a cluster fetch
+//! must not make its client miss pings and be closed as dead.
 //!
 //! Producers are the shard threads (events, replies, pings); the single
 //! consumer is the connection's writer. With thread-per-core shards both
@@ -178,6 +180,22 @@ impl Outbox {
                 return Push::Queued;
             }
         }
+        self.push_now(frame)
+    }
+
+    /// Queues a keepalive ping at once, also while events are held: a ping
+    /// carries no state, and a follow that waits long for other shards must
+    /// not make a live client miss its pings and look dead.
+    pub fn push_ping(&self, frame: Frame) -> Push {
+        if self.closing.load(Ordering::Relaxed) {
+            return Push::Closed;
+        }
+        self.push_now(frame)
+    }
+
+    /// Counts `frame`, queues it and schedules the writer (see [`Push`]).
+    #[inline]
+    fn push_now(&self, frame: Frame) -> Push {
         let len = frame.len();
         let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         // The bound is on what is already queued: below it a frame of any
@@ -447,6 +465,21 @@ mod tests {
         outbox.hold_events();
         assert_eq!(outbox.push(frame(120)), Push::Queued);
         assert_eq!(outbox.push(frame(1)), Push::Overflowed);
+    }
+
+    #[test]
+    fn a_ping_is_not_held_with_the_events() {
+        let outbox = Outbox::new(Format::Json, 1 << 20, 0);
+        outbox.hold_events();
+        assert_eq!(outbox.push(frame(10)), Push::Queued);
+        assert_eq!(outbox.push_ping(frame(1)), Push::Queued);
+        assert_eq!(outbox.pop().map(|f| f.len()), Some(frame(1).len()));
+        assert_eq!(outbox.pop(), None, "the event stays held");
+        assert_eq!(outbox.answer_and_release(frame(5)), Push::Queued);
+        let lens: Vec<usize> = std::iter::from_fn(|| outbox.pop())
+            .map(|f| f.len())
+            .collect();
+        assert_eq!(lens, [frame(5).len(), frame(10).len()]);
     }
 
     #[test]

@@ -832,7 +832,9 @@ impl Shard {
 
     /// Keepalive for the sessions in `slots` (the caller sweeps every slot
     /// once a second, a slice at a time): closes those silent for the pong
-    /// wait, and queues a websocket ping to each one whose ping is due.
+    /// wait (not counting time the server spent not reading them, while a
+    /// request waited), and queues a websocket ping to each one whose ping
+    /// is due.
     /// Slots past the end are ignored.
     pub fn keepalive(&mut self, now: u32, slots: Range<usize>) {
         let config = self.engine.config();
@@ -844,11 +846,16 @@ impl Shard {
             let (Some(outbox), Some(entry)) = (&slot.outbox, entry) else {
                 continue;
             };
-            if now.saturating_sub(outbox.last_heard()) >= wait {
+            if outbox.request_pending() {
+                // The connection does not read while a request of its waits
+                // for other shards or a cluster fetch: the silence is the
+                // server's, so it counts from the moment reading resumes.
+                outbox.heard(now);
+            } else if now.saturating_sub(outbox.last_heard()) >= wait {
                 outbox.close(CloseCause::Timeout);
             } else if now >= entry.next_ping {
                 entry.next_ping = now.saturating_add(period);
-                let _ = outbox.push(self.ping.clone());
+                let _ = outbox.push_ping(self.ping.clone());
             }
         }
     }

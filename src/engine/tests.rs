@@ -355,3 +355,28 @@ fn keepalive_closes_a_session_silent_for_the_pong_wait_and_ignores_slots_past_th
         "slots outside the sweep are left alone"
     );
 }
+
+#[test]
+fn keepalive_does_not_count_the_time_a_request_kept_the_server_from_reading() {
+    let mut cluster = Cluster::new(1);
+    let user = cluster.user_on(0, 0);
+    let waiting = cluster.connect(user, false);
+    let shard = &mut cluster.shards[0];
+    waiting.outbox.begin_request();
+    shard.keepalive(30, 0..usize::MAX);
+    assert!(
+        waiting.outbox.close_cause().is_none(),
+        "not read for 30 s because its request waited: not silent"
+    );
+    waiting.outbox.finish_request();
+    shard.keepalive(54, 0..usize::MAX);
+    assert!(
+        waiting.outbox.close_cause().is_none(),
+        "24 s since reading resumed"
+    );
+    shard.keepalive(55, 0..usize::MAX);
+    assert!(
+        matches!(waiting.outbox.close_cause(), Some(CloseCause::Timeout)),
+        "silent for the pong wait once reading resumed"
+    );
+}

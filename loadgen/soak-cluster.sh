@@ -8,6 +8,7 @@
 #   loadgen/soak-cluster.sh --connections N --minutes M [--nodes K] [-- SOAK FLAGS…]
 #
 # K defaults to ceil(N / 19,500) (each process may hold 20,000 files here).
+# The ramp defaults to 1,000 connects/s (pass `-- --ramp-per-sec R`).
 # SOAK_KEEP=1 keeps the work directory (node, NATS and Postgres logs).
 # Binaries: $HERALD and $LOADGEN, else $CARGO_TARGET_DIR/release (else
 # target/release). Tokens are minted offline with the nodes' encryption key
@@ -132,15 +133,21 @@ echo "nodes: $(join "${URLS[@]}")"
 # The soak: at most 19,000 connections per loadgen process; sources from
 # 127.0.1.1 on, clear of the nodes' addresses.
 PROCS=$(( (N + 18999) / 19000 ))
+# The ramp: 1,000 connects (then follows) per second unless the soak flags
+# say otherwise. On this 2-core box a faster ramp starves the nodes' NATS
+# connections (PERF.md "Soak").
+RAMP=(--ramp-per-sec 1000)
+for f in "${EXTRA[@]}"; do case "$f" in --ramp-per-sec|--ramp-per-sec=*) RAMP=() ;; esac; done
 SECS=$(awk "BEGIN { printf \"%d\", $M * 60 }")
 "$LOADGEN" soak --url "$(join "${WS[@]}")" --token-key "$KEY" \
   --procs "$PROCS" --source-base 127.0.1.1 \
   --server-pid "$(join "${NODE_PIDS[@]}")" --nats-pid "$NATS_PID" \
   --status-url "http://127.0.0.11:7351" \
-  --connections "$N" --duration "$SECS" "${EXTRA[@]}" >"$WORK/summary.json" &
+  --connections "$N" --duration "$SECS" "${RAMP[@]}" "${EXTRA[@]}" >"$WORK/summary.json" &
 LG_PID=$!; PIDS+=("$LG_PID")
-# Ctrl-C while waiting: loadgen gets SIGINT too (it stops with its summary).
-trap 'echo "soak-cluster: interrupted, waiting for the summary" >&2' INT
+# Ctrl-C (or SIGINT to this script alone): loadgen gets SIGINT too and
+# stops with its summary.
+trap 'echo "soak-cluster: interrupted, waiting for the summary" >&2; kill -INT "$LG_PID" 2>/dev/null' INT
 wait "$LG_PID"; rc=$?
 while kill -0 "$LG_PID" 2>/dev/null; do wait "$LG_PID"; rc=$?; done
 trap 'exit 130' INT

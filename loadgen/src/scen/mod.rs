@@ -29,6 +29,9 @@ pub fn coordinate(mut s: Scenario) -> Result<()> {
     }
     if let Scenario::Soak(a) = &mut s {
         a.common.connect_rate = a.ramp_per_sec;
+        // Every waiting phase's bound covers the paced ramp (connects, then
+        // follows, at `--ramp-per-sec`).
+        a.common.phase_timeout += a.connections as f64 / a.ramp_per_sec.max(1.0);
     }
     let c = s.common().clone();
     if c.procs == 0 || c.threads == 0 {

@@ -148,12 +148,29 @@ struct Slot {
     counter: u32,
     follows: Vec<Follow>,
     own: View,
+    /// Unplanned closes and failed reopens since the session last opened.
+    failures: u32,
+}
+
+/// When a session closed by the server or the network tries again: after
+/// 1 s, doubling per failure up to 30 s, spread by ±25 %, as a game client
+/// backs off, so a node that restarts is not met by every session at once.
+fn retry_at(now: u64, conn: usize, failures: u32) -> u64 {
+    let base_ms = 1000u64 << failures.saturating_sub(1).min(5);
+    let base_ms = base_ms.min(30_000);
+    let spread = mix(now ^ mix(conn as u64)) % (base_ms / 2 + 1);
+    now + (base_ms * 3 / 4 + spread) * 1_000_000
 }
 
 struct H {
     slots: Vec<Slot>,
     /// User id (as u128) → user index, for the users this shard follows or is.
     user_of: HashMap<u128, u32>,
+    /// The reverse: user index → id.
+    id_of: HashMap<u32, u128>,
+    /// Follows in `FState::Pending` (kept, not counted: a count over every
+    /// follow after every poll starved the event loop).
+    pending: u64,
     counts: Counts,
     events: u64,
     /// Events of a user the session neither follows nor is.
@@ -253,6 +270,26 @@ impl H {
         }
     }
 
+    /// Session `conn`'s connection is gone: its follows start over (sent
+    /// again once it reopens), unfollows in flight are done.
+    fn forget_follows(&mut self, conn: usize) {
+        let slot = &mut self.slots[conn];
+        slot.follows
+            .retain(|f| !matches!(f.state, FState::Leaving { .. }));
+        for f in &mut slot.follows {
+            if matches!(f.state, FState::Pending { .. }) {
+                self.pending -= 1;
+            }
+            f.state = FState::Waiting;
+        }
+        slot.own = View::default();
+    }
+
+    fn remember(&mut self, id: u128, user: u32) {
+        self.user_of.insert(id, user);
+        self.id_of.insert(user, id);
+    }
+
     fn on_snapshot(&mut self, conn: usize, cid: u64, presences: &[Presence]) {
         let slot = &mut self.slots[conn];
         for f in &mut slot.follows {
@@ -262,11 +299,7 @@ impl H {
             if *c != cid {
                 continue;
             }
-            let id = self
-                .user_of
-                .iter()
-                .find(|(_, &v)| v == f.user)
-                .map(|(k, _)| *k);
+            let id = self.id_of.get(&f.user).copied();
             let mine: Vec<P> = presences
                 .iter()
                 .filter(|p| Some(p.user_id.0.as_u128()) == id)
@@ -274,6 +307,7 @@ impl H {
                 .collect();
             f.view.snapshot(&mine, early, &mut self.counts);
             f.state = FState::Live;
+            self.pending -= 1;
             self.snapshots += 1;
         }
     }
@@ -312,6 +346,7 @@ impl Handler for H {
     }
 
     fn on_open(&mut self, conn: usize, _now: u64) {
+        self.slots[conn].failures = 0;
         self.opened.push(conn);
     }
 
@@ -324,14 +359,10 @@ impl Handler for H {
         };
         let reason: String = reason.chars().take(120).collect();
         *self.close_reasons.entry(reason).or_default() += 1;
+        self.forget_follows(conn);
         let slot = &mut self.slots[conn];
-        slot.follows
-            .retain(|f| !matches!(f.state, FState::Leaving { .. }));
-        for f in &mut slot.follows {
-            f.state = FState::Waiting;
-        }
-        slot.own = View::default();
-        self.reopen.push((conn, now + 1_000_000_000));
+        slot.failures += 1;
+        self.reopen.push((conn, retry_at(now, conn, slot.failures)));
     }
 }
 
@@ -362,16 +393,13 @@ fn send_follows(ctx: &mut Ctx, h: &mut H, users: &UserDir, j: usize, cid: &mut u
                 cid: first + (k / 100) as u64 + 1,
                 early: Vec::new(),
             };
+            h.pending += 1;
         }
     }
 }
 
 fn pending(h: &H) -> u64 {
-    h.slots
-        .iter()
-        .flat_map(|s| &s.follows)
-        .filter(|f| matches!(f.state, FState::Pending { .. }))
-        .count() as u64
+    h.pending
 }
 
 /// Counters every tick and the final report carry.
@@ -407,6 +435,8 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
     let mut h = H {
         slots: Vec::with_capacity(n),
         user_of: HashMap::new(),
+        id_of: HashMap::new(),
+        pending: 0,
         counts: Counts::default(),
         events: 0,
         unexpected: 0,
@@ -434,9 +464,9 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
         let u = lay.user_of(s);
         let status = !offline(a.common.seed, u, a.offline);
         let friends = friends_of(a.common.seed, u, lay.users, a.follows, &node, nodes);
-        h.user_of.insert(id128(u)?, u as u32);
+        h.remember(id128(u)?, u as u32);
         for &f in &friends {
-            h.user_of.insert(id128(f as usize)?, f);
+            h.remember(id128(f as usize)?, f);
         }
         h.slots.push(Slot {
             ordinal: s as u32,
@@ -452,6 +482,7 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
                 })
                 .collect(),
             own: View::default(),
+            failures: 0,
         });
         list.push((j, node(u), users.ws_path(u, status)?));
     }
@@ -563,13 +594,7 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
                                 continue;
                             }
                             ctx.net.close(j, true, true);
-                            let slot = &mut h.slots[j];
-                            slot.follows
-                                .retain(|f| !matches!(f.state, FState::Leaving { .. }));
-                            for f in &mut slot.follows {
-                                f.state = FState::Waiting;
-                            }
-                            slot.own = View::default();
+                            h.forget_follows(j);
                             let src = ctx.source_for(j);
                             if let Err(e) = ctx.net.open(j, src, list[j].1, &list[j].2) {
                                 h.errors += 1;
@@ -608,7 +633,7 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
                             if !ctx.net.send_text(j, m.as_bytes()) {
                                 continue;
                             }
-                            h.user_of.insert(id128(new as usize)?, new);
+                            h.remember(id128(new as usize)?, new);
                             let slot = &mut h.slots[j];
                             slot.follows[k].state = FState::Leaving { cid };
                             slot.follows.push(Follow {
@@ -631,7 +656,8 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
                     for j in due {
                         let src = ctx.source_for(j);
                         if ctx.net.open(j, src, list[j].1, &list[j].2).is_err() {
-                            h.reopen.push((j, now + 1_000_000_000));
+                            h.slots[j].failures += 1;
+                            h.reopen.push((j, retry_at(now, j, h.slots[j].failures)));
                         }
                     }
                     for j in std::mem::take(&mut h.opened) {
@@ -822,8 +848,7 @@ pub fn coord(a: &SoakArgs, cl: &mut Cluster, probe: &Probe) -> Result<Value> {
     cl.collect("ready", t)?;
     let s_start = sample(probe);
     cl.send("connect", Value::Null)?;
-    let ramp = t + Duration::from_secs_f64(lay.sessions as f64 / a.ramp_per_sec.max(1.0));
-    let r = cl.collect("connected", ramp)?;
+    let r = cl.collect("connected", t)?;
     let connected = sum(&r, "ok");
     let connect_secs = r
         .iter()
@@ -838,7 +863,7 @@ pub fn coord(a: &SoakArgs, cl: &mut Cluster, probe: &Probe) -> Result<Value> {
         lay.sessions
     );
     cl.send("follow", Value::Null)?;
-    let fr = cl.collect("followed", ramp)?;
+    let fr = cl.collect("followed", t)?;
     eprintln!(
         "soak: {} snapshots, {} follows pending; running {duration:.0}s (Ctrl-C stops it with the summary so far)",
         sum(&fr, "snapshots"),

@@ -225,7 +225,7 @@ pub struct PresenceRecord {
 }
 
 /// A write a shard asks the log for, on behalf of one of its sessions.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LogWrite {
     pub session: SessionId,
     pub user: UserId,
@@ -235,7 +235,7 @@ pub struct LogWrite {
     pub op: WriteOp,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum WriteOp {
     /// The session's status is now this value.
     Put(PresenceValue),

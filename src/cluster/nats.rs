@@ -39,10 +39,12 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// updating faster than a watch delivers (a burst of updates within a
 /// millisecond), or while a watch recovers from a NATS failover, would have
 /// intermediate statuses superseded before some node read them. This cap
-/// bounds what a session keeps. Writes do not roll older versions up: in
-/// the soak each `Nats-Rollup: sub` cost nats-server milliseconds of CPU,
-/// and once a soak's sessions rolled up nats-server saturated and the nodes
-/// fenced themselves (PERF.md, "Soak").
+/// bounds what a session keeps. No write rolls older versions up: in the
+/// soak each `Nats-Rollup: sub` cost nats-server milliseconds of CPU (it
+/// scans every message between a subject's first and last), and once a
+/// soak's sessions rolled up nats-server saturated and the nodes fenced
+/// themselves (PERF.md, "Soak"). An ended session's older versions are
+/// deleted by position instead ([`super::writer`]).
 pub const HISTORY: i64 = 64;
 /// Largest value: a 2048-byte status, a username and the header fit easily.
 const MAX_VALUE_BYTES: i32 = 8192;
@@ -276,6 +278,19 @@ pub async fn ensure_stream(
                     .await
                     .map_err(|e| fail(format!("cannot update it: {e}")))?;
             }
+            if info.config.deny_delete {
+                // Made by an older Herald: ended sessions' older versions
+                // cannot be deleted (each key still keeps at most HISTORY).
+                let mut updated = info.config.clone();
+                updated.deny_delete = false;
+                if let Err(error) = js.update_stream(updated).await {
+                    tracing::warn!(
+                        stream = %name,
+                        %error,
+                        "the presence log stream denies deletes; ended sessions' older versions stay until it is recreated"
+                    );
+                }
+            }
             if info.config.num_replicas != usize::from(config.replicas) {
                 tracing::warn!(
                     stream = %name,
@@ -301,7 +316,8 @@ pub async fn ensure_stream(
                 max_message_size: MAX_VALUE_BYTES,
                 discard: stream::DiscardPolicy::New,
                 allow_rollup: true,
-                deny_delete: true,
+                // An ended session's older versions are deleted one by one.
+                deny_delete: false,
                 allow_direct: true,
                 // Memory: presence is ephemeral (a restart of an R1 server
                 // fences every node, which registers again), and with a

@@ -173,7 +173,8 @@ enum FetchDone {
 struct Published {
     session: SessionId,
     started: Instant,
-    stored: bool,
+    /// Where it was stored; `None` when it failed.
+    stored: Option<u64>,
 }
 
 /// The cluster task's state (see the module doc).
@@ -919,8 +920,8 @@ impl ClusterNode {
             async move {
                 let started = Instant::now();
                 let stored = match js.send_publish(subject, message).await {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
+                    Ok(ack) => ack.await.ok().map(|ack| ack.sequence),
+                    Err(_) => None,
                 };
                 Published {
                     session,
@@ -933,17 +934,22 @@ impl ClusterNode {
     }
 
     fn on_published(&mut self, done: Published) {
-        if !done.stored {
+        let Some(seq) = done.stored else {
             self.retries.push((Instant::now() + RETRY, done.session));
             return;
-        }
+        };
         self.shared.publish.record(done.started.elapsed());
         // The session's request is answered when its record is read back,
         // not here: stored is not applied (a record of an incarnation that
         // was declared dead meanwhile is stored and ignored by everyone).
-        let (_, next) = self.writer.stored(done.session);
-        if let Some(next) = next {
+        let stored = self.writer.stored(done.session, seq);
+        if let Some(next) = stored.next {
             self.publish(next);
+        }
+        if !stored.superseded.is_empty() {
+            let (js, stream) = (self.js.clone(), format!("KV_{}", self.config.bucket));
+            self.background
+                .push(delete_versions(js, stream, stored.superseded).boxed());
         }
     }
 }
@@ -983,6 +989,19 @@ fn write_lease(
         }
     }
     .boxed()
+}
+
+/// Deletes the older versions of an ended session's key, one message at a
+/// time (see [`super::writer`]); one that is already gone is skipped.
+async fn delete_versions(js: Context, stream: String, seqs: Vec<u64>) {
+    let Ok(stream) = js.get_stream_no_info(stream).await else {
+        return;
+    };
+    for seq in seqs {
+        if let Err(error) = stream.delete_message(seq).await {
+            tracing::debug!(seq, %error, "cannot delete an ended session's older version");
+        }
+    }
 }
 
 /// Removes every key under `filter` from the stream (an ended incarnation's

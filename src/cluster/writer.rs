@@ -15,8 +15,17 @@
 //! from the log, as applied by every node (see [`crate::engine::replica`]),
 //! and a session whose write can no longer be applied is closed by the fence.
 //!
+//! A purge is a marker written over the session's key, and the key's older
+//! versions are then deleted one by one, by the log positions their acks
+//! gave ([`Stored::superseded`]). A `Nats-Rollup: sub` header would do it
+//! in one write, but nats-server finds a subject's older messages by
+//! scanning every message between the first and the last (all the log
+//! wrote since the session connected): in the soak, purges of long-lived
+//! sessions took most of its CPU and held the stream's lock for seconds.
+//!
 //! Queues live only while a session has writes pending: an idle session
-//! costs nothing here. Only the cluster task touches this.
+//! costs nothing here but the positions of its stored versions. Only the
+//! cluster task touches this.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -25,6 +34,7 @@ use ahash::AHashMap;
 use async_nats::jetstream::message::PublishMessage as Publish;
 use bytes::Bytes;
 
+use super::nats::HISTORY;
 use super::record::{self, Subjects};
 use super::{LogWrite, WriteOp, NEWEST_SESSION_TTL, PURGE_MARKER_TTL};
 use crate::ids::SessionId;
@@ -46,6 +56,20 @@ pub struct Writer {
     me: String,
     /// Sessions with writes pending; the front one is in flight.
     queues: AHashMap<SessionId, VecDeque<LogWrite>>,
+    /// Log positions of each session's stored versions (oldest first, at
+    /// most [`HISTORY`]), with the session's incarnation.
+    versions: AHashMap<SessionId, (u64, Vec<u64>)>,
+}
+
+/// What a stored write leads to.
+pub struct Stored {
+    /// The write that was stored.
+    pub done: Option<LogWrite>,
+    /// The session's next publish, if it has one queued.
+    pub next: Option<Prepared>,
+    /// Log positions of the session's older versions, to delete now that
+    /// its purge marker is stored.
+    pub superseded: Vec<u64>,
 }
 
 impl Writer {
@@ -54,6 +78,7 @@ impl Writer {
             subjects: Subjects::new(bucket),
             me: me.to_owned(),
             queues: AHashMap::new(),
+            versions: AHashMap::new(),
         }
     }
 
@@ -75,18 +100,64 @@ impl Writer {
         }
     }
 
-    /// The session's write in flight was stored: returns it, and the next
-    /// publish of that session if it has one.
-    pub fn stored(&mut self, session: SessionId) -> (Option<LogWrite>, Option<Prepared>) {
+    /// The session's write in flight was stored at log position `seq`.
+    pub fn stored(&mut self, session: SessionId, seq: u64) -> Stored {
         let Some(queue) = self.queues.get_mut(&session) else {
-            return (None, None);
+            return Stored {
+                done: None,
+                next: None,
+                superseded: Vec::new(),
+            };
         };
         let done = queue.pop_front();
-        if queue.is_empty() {
+        let emptied = queue.is_empty();
+        let superseded = match &done {
+            Some(write) => self.record_version(write, seq),
+            None => Vec::new(),
+        };
+        let next = if emptied {
             self.queues.remove(&session);
-            return (done, None);
+            None
+        } else {
+            self.prepare_front(session)
+        };
+        Stored {
+            done,
+            next,
+            superseded,
         }
-        (done, self.prepare_front(session))
+    }
+
+    /// Remembers where a put of the session's key was stored; a purge
+    /// marker returns the older versions' positions.
+    fn record_version(&mut self, write: &LogWrite, seq: u64) -> Vec<u64> {
+        match write.op {
+            WriteOp::Put(_) => {
+                let (incarnation, seqs) = self
+                    .versions
+                    .entry(write.session)
+                    .or_insert_with(|| (write.incarnation, Vec::new()));
+                if *incarnation != write.incarnation {
+                    *incarnation = write.incarnation;
+                    seqs.clear();
+                }
+                if seqs.len() >= HISTORY as usize {
+                    // The stream itself dropped the oldest.
+                    seqs.remove(0);
+                }
+                seqs.push(seq);
+                Vec::new()
+            }
+            WriteOp::Purge(_) => self
+                .versions
+                .remove(&write.session)
+                .map(|(_, seqs)| seqs)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|&old| old < seq)
+                .collect(),
+            WriteOp::NewestSession => Vec::new(),
+        }
     }
 
     /// The session's write in flight failed: the same publish again, unless
@@ -104,6 +175,8 @@ impl Writer {
     /// flight finish or fail on their own; their sessions' queues are then
     /// dropped by [`Writer::retry`].
     pub fn drop_incarnation(&mut self, incarnation: u64) {
+        // Its keys go with one purge of the whole incarnation.
+        self.versions.retain(|_, (owner, _)| *owner != incarnation);
         self.queues.retain(|_, queue| {
             let in_flight = queue.pop_front();
             queue.retain(|w| w.incarnation != incarnation);
@@ -133,7 +206,6 @@ impl Writer {
                     .payload(Bytes::from(record::encode_purge(*change)))
                     .message_id(format!("{}:{}", write.session, change))
                     .header("KV-Operation", "PURGE")
-                    .header("Nats-Rollup", "sub")
                     .ttl(PURGE_MARKER_TTL),
             ),
             WriteOp::NewestSession => (
@@ -184,14 +256,56 @@ mod tests {
             writer.push(put(s2, 1, 1)).is_some(),
             "other sessions do not wait"
         );
-        let (done, next) = writer.stored(s1);
+        let Stored { done, next, .. } = writer.stored(s1, 10);
         assert!(matches!(done.unwrap().op, WriteOp::Put(ref value) if value.change == 1));
         let next = next.unwrap();
         assert!(next.subject.starts_with("$KV.herald.s.a.0000000000000001."));
-        let (done, next) = writer.stored(s1);
+        let Stored { done, next, .. } = writer.stored(s1, 11);
         assert!(matches!(done.unwrap().op, WriteOp::Put(ref value) if value.change == 2));
         assert!(next.is_none());
         assert_eq!(writer.pending_sessions(), 1);
+    }
+
+    #[test]
+    fn a_stored_purge_marker_hands_back_the_older_versions_of_its_key() {
+        let mut writer = Writer::new("herald", "a");
+        let (s, other) = (SessionId::random(), SessionId::random());
+        let mut write = put(s, 1, 1);
+        writer.push(write.clone());
+        writer.stored(s, 10);
+        writer.push(put(other, 1, 1));
+        writer.stored(other, 11);
+        write.op = WriteOp::Put(PresenceValue {
+            change: 2,
+            username: "u".into(),
+            status: "t".into(),
+        });
+        writer.push(write.clone());
+        assert!(
+            writer.stored(s, 12).superseded.is_empty(),
+            "a put deletes nothing"
+        );
+        write.op = WriteOp::Purge(3);
+        assert!(writer.push(write.clone()).is_some(), "nothing in flight");
+        assert_eq!(writer.stored(s, 13).superseded, vec![10, 12]);
+        // Online again after appearing offline: a fresh history.
+        write.op = WriteOp::Put(PresenceValue {
+            change: 4,
+            username: "u".into(),
+            status: "u".into(),
+        });
+        writer.push(write.clone());
+        writer.stored(s, 14);
+        write.op = WriteOp::Purge(5);
+        writer.push(write);
+        assert_eq!(writer.stored(s, 15).superseded, vec![14]);
+        // A fenced incarnation's keys go with one purge of all of them.
+        writer.drop_incarnation(1);
+        writer.push(LogWrite {
+            op: WriteOp::Purge(2),
+            ..put(other, 1, 0)
+        });
+        assert!(writer.stored(other, 16).superseded.is_empty());
     }
 
     #[test]

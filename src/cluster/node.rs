@@ -10,6 +10,7 @@
 //! register the lease once the load is done; ready once the registration
 //! record has been read back. The node serves no session before that.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ use crate::ids::{SessionId, UserId};
 const TICK: Duration = Duration::from_millis(50);
 /// Delay before a failed watch creation is tried again.
 const WATCH_RETRY: Duration = Duration::from_millis(250);
+/// Deletes of superseded versions in flight at once.
+const DELETES_IN_FLIGHT: usize = 8;
 /// Bound of the clean-stop steps (lease `left`, key purge).
 const STOP_STEP: Duration = Duration::from_secs(2);
 
@@ -197,6 +200,10 @@ struct ClusterNode {
     lease_write: Option<BoxFuture<'static, Result<u64, bool>>>,
     /// Verdicts, purges and kicks, run beside the loop.
     background: FuturesUnordered<BoxFuture<'static, ()>>,
+    /// Older versions of ended sessions' keys waiting to be deleted, and
+    /// the deletes in flight.
+    superseded: VecDeque<u64>,
+    deleting: FuturesUnordered<BoxFuture<'static, ()>>,
     /// Failed publishes waiting for their retry.
     retries: Vec<(Instant, SessionId)>,
     /// Fetches come back here.
@@ -246,6 +253,8 @@ impl ClusterNode {
             publishes: FuturesUnordered::new(),
             lease_write: None,
             background: FuturesUnordered::new(),
+            superseded: VecDeque::new(),
+            deleting: FuturesUnordered::new(),
             retries: Vec::new(),
             fetched_tx,
             fetches: FetchQueue::default(),
@@ -299,6 +308,9 @@ impl ClusterNode {
                     self.on_lease_written(outcome);
                 }
                 Some(()) = self.background.next(), if !self.background.is_empty() => {}
+                Some(()) = self.deleting.next(), if !self.deleting.is_empty() => {
+                    self.send_deletes();
+                }
                 Some(done) = fetched.recv() => {
                     if matches!(done, FetchDone::Snapshot { .. }) {
                         self.fetches.done();
@@ -946,10 +958,20 @@ impl ClusterNode {
         if let Some(next) = stored.next {
             self.publish(next);
         }
-        if !stored.superseded.is_empty() {
+        self.superseded.extend(stored.superseded);
+        self.send_deletes();
+    }
+
+    /// Sends deletes of superseded versions, at most [`DELETES_IN_FLIGHT`]
+    /// at once: when thousands of sessions end together, their deletes
+    /// must not crowd out the log's other requests.
+    fn send_deletes(&mut self) {
+        while self.deleting.len() < DELETES_IN_FLIGHT {
+            let Some(seq) = self.superseded.pop_front() else {
+                return;
+            };
             let (js, stream) = (self.js.clone(), format!("KV_{}", self.config.bucket));
-            self.background
-                .push(delete_versions(js, stream, stored.superseded).boxed());
+            self.deleting.push(delete_version(js, stream, seq).boxed());
         }
     }
 }
@@ -991,17 +1013,21 @@ fn write_lease(
     .boxed()
 }
 
-/// Deletes the older versions of an ended session's key, one message at a
-/// time (see [`super::writer`]); one that is already gone is skipped.
-async fn delete_versions(js: Context, stream: String, seqs: Vec<u64>) {
-    let Ok(stream) = js.get_stream_no_info(stream).await else {
-        return;
+/// Deletes one older version of an ended session's key (see
+/// [`super::writer`]). One that cannot be deleted stays until the stream's
+/// per-key cap or the node's incarnation purge removes it.
+async fn delete_version(js: Context, stream: String, seq: u64) {
+    // `no_erase`: a plain removal (the value is not overwritten first).
+    let request = serde_json::json!({ "seq": seq, "no_erase": true });
+    let answer: Result<jetstream::response::Response<serde_json::Value>, _> = js
+        .request(format!("STREAM.MSG.DELETE.{stream}"), &request)
+        .await;
+    let failure = match answer {
+        Ok(jetstream::response::Response::Ok(_)) => return,
+        Ok(jetstream::response::Response::Err { error }) => error.to_string(),
+        Err(error) => error.to_string(),
     };
-    for seq in seqs {
-        if let Err(error) = stream.delete_message(seq).await {
-            tracing::debug!(seq, %error, "cannot delete an ended session's older version");
-        }
-    }
+    tracing::debug!(seq, error = %failure, "cannot delete an ended session's older version");
 }
 
 /// Removes every key under `filter` from the stream (an ended incarnation's

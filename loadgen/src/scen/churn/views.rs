@@ -311,9 +311,16 @@ pub(super) fn fetch_truth(
     fetch_status(server, http_key, &ids)
 }
 
-/// `GET /v2/status` for `ids`, 1,000 per request over one keep-alive
-/// connection: each user's presences `(session id, status)`, sorted, in the
-/// order of `ids`.
+/// Users per `GET /v2/status` request.
+const STATUS_CHUNK: usize = 250;
+/// Tries of one request that a busy server answers 503 (its shards or the
+/// cluster log did not answer in time), 0.5 s apart.
+const STATUS_TRIES: usize = 10;
+
+/// `GET /v2/status` for `ids`, [`STATUS_CHUNK`] per request over one
+/// keep-alive connection: each user's presences `(session id, status)`,
+/// sorted, in the order of `ids`. A 503 is asked again, up to
+/// [`STATUS_TRIES`] times.
 pub(crate) fn fetch_status(
     server: SocketAddr,
     http_key: &str,
@@ -321,12 +328,20 @@ pub(crate) fn fetch_status(
 ) -> Result<Vec<Presences>> {
     let mut conn: Option<BufReader<TcpStream>> = None;
     let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(1000) {
+    for chunk in ids.chunks(STATUS_CHUNK) {
         let target = format!(
             "/v2/status?user_ids={}&http_key={http_key}",
             chunk.join(",")
         );
-        let (status, body) = http_exchange(&mut conn, server, "GET", &target, "", b"")?;
+        let mut tries = 0;
+        let (status, body) = loop {
+            tries += 1;
+            let (status, body) = http_exchange(&mut conn, server, "GET", &target, "", b"")?;
+            if !status.starts_with("HTTP/1.1 503") || tries >= STATUS_TRIES {
+                break (status, body);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        };
         if !status.starts_with("HTTP/1.1 200") {
             bail!(
                 "GET /v2/status: {}: {}",

@@ -236,7 +236,8 @@ impl FetchQueue {
     }
 
     /// Users waiting for a slot.
-    pub fn waiting_users(&self) -> usize {
+    #[cfg(test)]
+    fn waiting_users(&self) -> usize {
         self.waiting.iter().map(|w| w.users.len()).sum()
     }
 }

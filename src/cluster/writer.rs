@@ -133,14 +133,11 @@ impl Writer {
     fn record_version(&mut self, write: &LogWrite, seq: u64) -> Vec<u64> {
         match write.op {
             WriteOp::Put(_) => {
-                let (incarnation, seqs) = self
+                // A session keeps its incarnation: a fence closes it.
+                let (_, seqs) = self
                     .versions
                     .entry(write.session)
                     .or_insert_with(|| (write.incarnation, Vec::new()));
-                if *incarnation != write.incarnation {
-                    *incarnation = write.incarnation;
-                    seqs.clear();
-                }
                 if seqs.len() >= HISTORY as usize {
                     // The stream itself dropped the oldest.
                     seqs.remove(0);

@@ -398,10 +398,6 @@ fn send_follows(ctx: &mut Ctx, h: &mut H, users: &UserDir, j: usize, cid: &mut u
     }
 }
 
-fn pending(h: &H) -> u64 {
-    h.pending
-}
-
 /// Counters every tick and the final report carry.
 fn counters(h: &H, ctx: &Ctx) -> Map<String, Value> {
     let mut m = Map::new();
@@ -519,10 +515,10 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
                     ctx.progress("follow", k as u64, total);
                 }
                 let deadline = now_ns() + t.as_nanos() as u64;
-                ctx.run_until(&mut h, deadline, |_, h| pending(h) == 0)?;
+                ctx.run_until(&mut h, deadline, |_, h| h.pending == 0)?;
                 ctx.out.send(
                     "followed",
-                    json!({"sessions": total, "snapshots": h.snapshots, "pending": pending(&h), "errors": h.errors}),
+                    json!({"sessions": total, "snapshots": h.snapshots, "pending": h.pending, "errors": h.errors}),
                 );
             }
             "run" => {
@@ -713,7 +709,7 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
                 m.insert("views_checked".into(), json!(cmp.0));
                 m.insert("view_mismatch".into(), json!(cmp.1));
                 m.insert("truth_error".into(), json!(fetch_error));
-                m.insert("pending_follows".into(), json!(pending(&h)));
+                m.insert("pending_follows".into(), json!(h.pending));
                 m.insert("first_error".into(), json!(h.first_error));
                 let mut ex = h.examples.clone();
                 ex.extend(cmp.2);

@@ -40,6 +40,11 @@ pub const MAX_RESULTS: usize = 1024;
 pub const USERS_PER_REQUEST: usize = 128;
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes of records the server sends before it ends a page of an answer
+/// (it stops after the record that reaches this). Presences are small, so
+/// answers are one page; a page bounds the burst a long status puts on the
+/// fetch connection.
+pub const PAGE_BYTES: usize = 1 << 20;
 
 /// One key's last record.
 #[derive(Debug, Clone)]
@@ -69,14 +74,40 @@ pub enum FetchError {
     TimedOut,
 }
 
+/// One page of a `multi_last` direct get. The first page leaves `up_to_seq`
+/// and `seq` out; a following page pins the position the first one was
+/// answered at and starts after the last record it got.
 #[derive(Serialize)]
 struct MultiLast<'a> {
     multi_last: &'a [String],
+    max_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    up_to_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+}
+
+/// How one page of the answer ended.
+enum PageEnd {
+    /// The end-of-batch reply: `pending` records were left out (the server
+    /// stops a page at its byte limit), `last` is the last one sent and
+    /// `up_to` the position the answer is the state of.
+    Batch { pending: u64, last: u64, up_to: u64 },
+    /// No key matched at all (not even the anchor).
+    NothingMatched,
 }
 
 /// The last record of every subject matching `filters` (plus `anchor`, a
 /// subject known to exist, which keeps the answer from being empty), and
 /// the position they are the state of.
+///
+/// The server sends the records in log order and may stop early: at
+/// [`PAGE_BYTES`] (the end-of-batch reply then counts what it left out, and
+/// the rest is asked for, pinned to the same position), or with a 404 when a
+/// record it listed was removed before it was read (an ended session's
+/// superseded version, a purge marker's TTL). The second kind of answer is
+/// incomplete and the newest keys are the ones missing, so it is an error,
+/// and the caller asks again; it is never taken for the whole answer.
 pub async fn last_records(
     client: &Client,
     stream: &str,
@@ -85,53 +116,104 @@ pub async fn last_records(
 ) -> Result<Fetched, FetchError> {
     let mut subjects = filters.to_vec();
     subjects.push(anchor.to_owned());
-    let request = serde_json::to_vec(&MultiLast {
-        multi_last: &subjects,
-    })
-    .map_err(|e| FetchError::Failed(e.to_string()))?;
     let inbox = client.new_inbox();
     let mut replies = client
         .subscribe(inbox.clone())
         .await
         .map_err(|e| FetchError::Failed(e.to_string()))?;
-    client
-        .publish_with_reply(
-            format!("$JS.API.DIRECT.GET.{stream}"),
-            inbox,
-            Bytes::from(request),
-        )
-        .await
-        .map_err(|e| FetchError::Failed(e.to_string()))?;
     let collect = async {
         let mut fetched = Fetched::default();
-        while let Some(reply) = replies.next().await {
-            match reply.status.map(|s| s.as_u16()) {
-                None | Some(200) => {
-                    if let Some(record) = record_of(reply.headers.as_ref(), reply.payload) {
-                        if record.subject != anchor {
-                            fetched.records.push(record);
-                        }
-                    }
+        let mut page = MultiLast {
+            multi_last: &subjects,
+            max_bytes: PAGE_BYTES,
+            up_to_seq: None,
+            seq: None,
+        };
+        for _ in 0..=MAX_RESULTS {
+            let request =
+                serde_json::to_vec(&page).map_err(|e| FetchError::Failed(e.to_string()))?;
+            client
+                .publish_with_reply(
+                    format!("$JS.API.DIRECT.GET.{stream}"),
+                    inbox.clone(),
+                    Bytes::from(request),
+                )
+                .await
+                .map_err(|e| FetchError::Failed(e.to_string()))?;
+            let first_page = page.seq.is_none();
+            match read_page(&mut replies, anchor, &mut fetched.records).await? {
+                PageEnd::NothingMatched if first_page && fetched.records.is_empty() => {
+                    return Ok(fetched)
                 }
-                Some(204) => {
-                    fetched.as_of = header_u64(reply.headers.as_ref(), "Nats-UpTo-Sequence");
+                PageEnd::NothingMatched => {
+                    return Err(FetchError::Failed(
+                        "a following page of the answer matched nothing".into(),
+                    ))
+                }
+                PageEnd::Batch {
+                    pending: 0, up_to, ..
+                } => {
+                    fetched.as_of = up_to;
                     return Ok(fetched);
                 }
-                // No key at all matched (not even the anchor).
-                Some(404) => return Ok(fetched),
-                Some(413) => return Err(FetchError::TooMany),
-                Some(code) => {
-                    let reason = reply.description.unwrap_or_default();
-                    return Err(FetchError::Failed(format!("status {code} {reason}")));
+                PageEnd::Batch { last, up_to, .. } => {
+                    page.up_to_seq = Some(up_to);
+                    page.seq = Some(last + 1);
                 }
             }
         }
-        Err(FetchError::Failed("the reply subscription ended".into()))
+        Err(FetchError::Failed("the answer did not end".into()))
     };
     match tokio::time::timeout(TIMEOUT, collect).await {
         Ok(result) => result,
         Err(_) => Err(FetchError::TimedOut),
     }
+}
+
+/// Reads one page of replies into `records` (the anchor left out).
+async fn read_page(
+    replies: &mut async_nats::Subscriber,
+    anchor: &str,
+    records: &mut Vec<FetchedRecord>,
+) -> Result<PageEnd, FetchError> {
+    let mut got = 0usize;
+    while let Some(reply) = replies.next().await {
+        match reply.status.map(|s| s.as_u16()) {
+            None | Some(200) => {
+                got += 1;
+                if let Some(record) = record_of(reply.headers.as_ref(), reply.payload) {
+                    if record.subject != anchor {
+                        records.push(record);
+                    }
+                }
+            }
+            Some(204) => {
+                let headers = reply.headers.as_ref();
+                return Ok(PageEnd::Batch {
+                    pending: header_u64(headers, "Nats-Num-Pending"),
+                    last: header_u64(headers, "Nats-Last-Sequence"),
+                    up_to: header_u64(headers, "Nats-UpTo-Sequence"),
+                });
+            }
+            // "No Results" comes alone; any other 404 ("Message Not Found")
+            // cuts an answer short.
+            Some(404) if got == 0 && is_no_results(reply.description.as_deref()) => {
+                return Ok(PageEnd::NothingMatched)
+            }
+            Some(413) => return Err(FetchError::TooMany),
+            Some(code) => {
+                let reason = reply.description.unwrap_or_default();
+                return Err(FetchError::Failed(format!(
+                    "status {code} {reason} after {got} records"
+                )));
+            }
+        }
+    }
+    Err(FetchError::Failed("the reply subscription ended".into()))
+}
+
+fn is_no_results(description: Option<&str>) -> bool {
+    description.is_some_and(|d| d.eq_ignore_ascii_case("no results"))
 }
 
 fn record_of(headers: Option<&HeaderMap>, payload: Bytes) -> Option<FetchedRecord> {

@@ -15,6 +15,7 @@ mod rig;
 mod backend;
 mod crash;
 mod failover;
+mod fetch;
 mod partition;
 mod pause;
 mod startup;

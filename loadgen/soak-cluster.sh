@@ -9,7 +9,8 @@
 #
 # K defaults to ceil(N / 19,500) (each process may hold 20,000 files here).
 # The ramp defaults to 1,000 connects/s (pass `-- --ramp-per-sec R`).
-# SOAK_KEEP=1 keeps the work directory (node, NATS and Postgres logs).
+# SOAK_KEEP=1 keeps the work directory (node, NATS and Postgres logs);
+# SOAK_HOLD_SECS=S keeps the rig running S seconds after the soak, to probe it.
 # Binaries: $HERALD and $LOADGEN, else $CARGO_TARGET_DIR/release (else
 # target/release). Tokens are minted offline with the nodes' encryption key
 # (Herald's default, `defaultencryptionkey`), and the nodes run with
@@ -151,6 +152,10 @@ trap 'echo "soak-cluster: interrupted, waiting for the summary" >&2; kill -INT "
 wait "$LG_PID"; rc=$?
 while kill -0 "$LG_PID" 2>/dev/null; do wait "$LG_PID"; rc=$?; done
 trap 'exit 130' INT
+if [[ "${SOAK_HOLD_SECS:-}" =~ ^[0-9]+$ ]]; then
+  echo "soak-cluster: holding the rig for $SOAK_HOLD_SECS s (SOAK_HOLD_SECS); nats://127.0.0.1:$NATS_PORT" >&2
+  sleep "$SOAK_HOLD_SECS"
+fi
 SUMMARY=$(tail -1 "$WORK/summary.json")
 [ -n "$SUMMARY" ] || { SUMMARY='{"checks_passed":false,"error":"loadgen printed no summary"}'; rc=1; }
 echo "$SUMMARY"

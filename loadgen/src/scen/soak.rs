@@ -693,10 +693,11 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
                 let mut cmp = (0u64, 0u64, Vec::new());
                 let mut fetch_error = None;
                 for _ in 0..1000 {
-                    match compare(&h, &ctx, &users, admin, &a.http_key) {
-                        Ok(c) => {
+                    let (wanted, ids) = followed_users(&h, &ctx, &users);
+                    match fetch_truth(&mut ctx, &mut h, admin, &a.http_key, ids) {
+                        Ok(truth) => {
                             fetch_error = None;
-                            cmp = c;
+                            cmp = compare(&h, &ctx, &users, &wanted, truth);
                         }
                         Err(e) => fetch_error = Some(format!("{e:#}")),
                     }
@@ -730,15 +731,8 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
     }
 }
 
-/// Every live follow of every open session against `GET /v2/status`:
-/// `(views checked, mismatches, examples)`.
-fn compare(
-    h: &H,
-    ctx: &Ctx,
-    users: &UserDir,
-    admin: std::net::SocketAddr,
-    http_key: &str,
-) -> Result<(u64, u64, Vec<String>)> {
+/// The users this worker's open sessions follow live, sorted, with their ids.
+fn followed_users(h: &H, ctx: &Ctx, users: &UserDir) -> (Vec<u32>, Vec<String>) {
     let mut wanted: Vec<u32> = Vec::new();
     for (j, s) in h.slots.iter().enumerate() {
         if ctx.net.conns[j].state != State::Open {
@@ -753,11 +747,47 @@ fn compare(
     }
     wanted.sort_unstable();
     wanted.dedup();
-    let ids: Vec<String> = wanted
+    let ids = wanted
         .iter()
         .map(|&u| users.id(u as usize).into_owned())
         .collect();
-    let truth = super::churn::views::fetch_status(admin, http_key, &ids)?;
+    (wanted, ids)
+}
+
+/// `GET /v2/status` for `ids`, asked from another thread while this worker
+/// keeps reading its sockets. At 100,000 connections the questions take
+/// longer than the nodes' pong wait, and a worker that stopped reading for
+/// that long had its sessions closed for "ping timeout" in the middle of
+/// the comparison: the log then differed from views that had not read the
+/// leaves yet.
+fn fetch_truth(
+    ctx: &mut Ctx,
+    h: &mut H,
+    admin: std::net::SocketAddr,
+    http_key: &str,
+    ids: Vec<String>,
+) -> Result<Vec<super::churn::views::Presences>> {
+    let key = http_key.to_owned();
+    let asking = std::thread::Builder::new()
+        .name("soak-status".into())
+        .spawn(move || super::churn::views::fetch_status(admin, &key, &ids))?;
+    while !asking.is_finished() {
+        ctx.pump(h, Duration::from_millis(20))?;
+    }
+    asking
+        .join()
+        .map_err(|_| anyhow!("the GET /v2/status thread panicked"))?
+}
+
+/// Every live follow of every open session against `truth`, the answer of
+/// `GET /v2/status` for `wanted`: `(views checked, mismatches, examples)`.
+fn compare(
+    h: &H,
+    ctx: &Ctx,
+    users: &UserDir,
+    wanted: &[u32],
+    truth: Vec<super::churn::views::Presences>,
+) -> (u64, u64, Vec<String>) {
     let mut by_user: HashMap<u32, Vec<(u128, St)>> = HashMap::with_capacity(wanted.len());
     for (u, t) in wanted.iter().zip(truth) {
         let mut v: Vec<(u128, St)> = t
@@ -785,14 +815,16 @@ fn compare(
                 bad += 1;
                 if ex.len() < 5 {
                     ex.push(format!(
-                        "session {}: view of user {} is {view:?}, the log has {truth:?}",
-                        s.ordinal, f.user
+                        "session {}: view of user {} ({}) is {view:?}, the log has {truth:?}",
+                        s.ordinal,
+                        f.user,
+                        users.id(f.user as usize)
                     ));
                 }
             }
         }
     }
-    Ok((checked, bad, ex))
+    (checked, bad, ex)
 }
 
 /// One sample of the servers for a report line.

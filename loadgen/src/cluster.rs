@@ -60,6 +60,11 @@ pub struct Cluster {
     pub shards: usize,
     progress: BTreeMap<usize, Value>,
     last_progress_print: Instant,
+    /// Ctrl-C while waiting for any phase sends the workers "stop" (once):
+    /// ramps end early and the run ends (the soak; other scenarios stop at
+    /// the next phase).
+    pub stop_on_interrupt: bool,
+    stop_sent: bool,
 }
 
 impl Cluster {
@@ -116,6 +121,8 @@ impl Cluster {
             shards: procs * threads,
             progress: BTreeMap::new(),
             last_progress_print: Instant::now(),
+            stop_on_interrupt: false,
+            stop_sent: false,
         })
     }
 
@@ -134,6 +141,11 @@ impl Cluster {
         let mut got: BTreeMap<usize, Reply> = BTreeMap::new();
         self.progress.clear();
         while got.len() < self.shards {
+            if self.stop_on_interrupt && !self.stop_sent && crate::sys::interrupted() {
+                self.stop_sent = true;
+                eprintln!("\ninterrupted: stopping the workers; the summary follows");
+                self.send("stop", Value::Null)?;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 bail!(

@@ -31,6 +31,8 @@ pub struct Ctx {
     pub sources: Vec<Ipv4Addr>,
     last_progress: u64,
     pub exit: bool,
+    /// The coordinator said "stop" (Ctrl-C): ramps end early, the run ends.
+    pub stop: bool,
 }
 
 impl Ctx {
@@ -43,8 +45,10 @@ impl Ctx {
         loop {
             match self.cmds.try_recv() {
                 Ok(c) => {
-                    if c.cmd == "exit" {
-                        self.exit = true;
+                    match c.cmd.as_str() {
+                        "exit" => self.exit = true,
+                        "stop" => self.stop = true,
+                        _ => {}
                     }
                     self.pending.push_back(c);
                 }
@@ -157,7 +161,7 @@ impl Ctx {
             if next >= list.len() && self.net.in_flight == 0 {
                 break;
             }
-            if now_ns() > deadline {
+            if now_ns() > deadline || self.stop || self.exit {
                 break;
             }
             self.pump(h, Duration::from_millis(5))?;
@@ -191,6 +195,7 @@ pub fn worker_main() -> Result<()> {
     // Ctrl-C reaches the whole process group: the coordinator stops the
     // run and collects the summary, so the workers must outlive it.
     crate::sys::ignore_sigint();
+    crate::sys::die_with_parent();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     let first = lines.next().ok_or_else(|| anyhow!("no config line"))??;
@@ -229,6 +234,7 @@ pub fn worker_main() -> Result<()> {
             sources: sources.clone(),
             last_progress: 0,
             exit: false,
+            stop: false,
         };
         let scenario = scenario.clone();
         let users_file = cfg.users_file.clone();

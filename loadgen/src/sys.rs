@@ -111,6 +111,21 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// A worker process ends when the coordinator that started it does (killed,
+/// or stopped by a signal before it could send "exit"): it gets SIGKILL.
+/// Otherwise orphaned workers would hold their sockets and go on
+/// reconnecting to nodes that are gone.
+pub fn die_with_parent() {
+    let parent = std::os::unix::process::parent_id();
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's parent-death
+    // signal; its arguments are plain integers.
+    let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    // The parent may have died before the call: then no signal would come.
+    if set != 0 || std::os::unix::process::parent_id() != parent {
+        std::process::exit(1);
+    }
+}
+
 /// Ignores SIGINT (worker processes: the coordinator decides).
 pub fn ignore_sigint() {
     // SAFETY: setting a signal's disposition to SIG_IGN.

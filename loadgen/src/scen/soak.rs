@@ -506,6 +506,9 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
                 let opened = std::mem::take(&mut h.opened);
                 let total = opened.len() as u64;
                 for (k, &j) in opened.iter().enumerate() {
+                    if ctx.stop {
+                        break;
+                    }
                     let due = start + (k as f64 / rate * 1e9) as u64;
                     let wait = due.saturating_sub(now_ns());
                     if wait > 0 {
@@ -514,7 +517,11 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
                     send_follows(&mut ctx, &mut h, &users, j, &mut cid);
                     ctx.progress("follow", k as u64, total);
                 }
-                let deadline = now_ns() + t.as_nanos() as u64;
+                let deadline = if ctx.stop {
+                    now_ns()
+                } else {
+                    now_ns() + t.as_nanos() as u64
+                };
                 ctx.run_until(&mut h, deadline, |_, h| h.pending == 0)?;
                 ctx.out.send(
                     "followed",
@@ -550,7 +557,7 @@ pub fn shard(a: &SoakArgs, mut ctx: Ctx, users_file: Option<String>) -> Result<(
                         }
                     }
                     let now = now_ns();
-                    if now >= end || stopped || ctx.exit {
+                    if now >= end || stopped || ctx.stop || ctx.exit {
                         break;
                     }
                     if now >= start && n > 0 {
@@ -856,6 +863,7 @@ fn total(v: &[Value], k: &str) -> u64 {
 
 pub fn coord(a: &SoakArgs, cl: &mut Cluster, probe: &Probe) -> Result<Value> {
     sys::catch_sigint();
+    cl.stop_on_interrupt = true;
     let t = phase_timeout(&a.common);
     let lay = Layout::of(a);
     if lay.sessions == 0 {

@@ -60,10 +60,9 @@ pub struct Cluster {
     pub shards: usize,
     progress: BTreeMap<usize, Value>,
     last_progress_print: Instant,
-    /// Ctrl-C while waiting for any phase sends the workers "stop" (once):
-    /// ramps end early and the run ends (the soak; other scenarios stop at
-    /// the next phase).
-    pub stop_on_interrupt: bool,
+    /// Ctrl-C (caught by scenarios that call [`crate::sys::catch_sigint`])
+    /// while waiting for any phase sent the workers "stop": ramps end
+    /// early and the run ends.
     stop_sent: bool,
 }
 
@@ -121,7 +120,6 @@ impl Cluster {
             shards: procs * threads,
             progress: BTreeMap::new(),
             last_progress_print: Instant::now(),
-            stop_on_interrupt: false,
             stop_sent: false,
         })
     }
@@ -141,7 +139,7 @@ impl Cluster {
         let mut got: BTreeMap<usize, Reply> = BTreeMap::new();
         self.progress.clear();
         while got.len() < self.shards {
-            if self.stop_on_interrupt && !self.stop_sent && crate::sys::interrupted() {
+            if !self.stop_sent && crate::sys::interrupted() {
                 self.stop_sent = true;
                 eprintln!("\ninterrupted: stopping the workers; the summary follows");
                 self.send("stop", Value::Null)?;

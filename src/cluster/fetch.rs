@@ -142,9 +142,8 @@ pub async fn last_records(
                 .map_err(|e| FetchError::Failed(e.to_string()))?;
             let first_page = page.seq.is_none();
             match read_page(&mut replies, anchor, &mut fetched.records).await? {
-                PageEnd::NothingMatched if first_page && fetched.records.is_empty() => {
-                    return Ok(fetched)
-                }
+                // A first page that matched nothing has no records before it.
+                PageEnd::NothingMatched if first_page => return Ok(fetched),
                 PageEnd::NothingMatched => {
                     return Err(FetchError::Failed(
                         "a following page of the answer matched nothing".into(),

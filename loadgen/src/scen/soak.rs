@@ -863,7 +863,6 @@ fn total(v: &[Value], k: &str) -> u64 {
 
 pub fn coord(a: &SoakArgs, cl: &mut Cluster, probe: &Probe) -> Result<Value> {
     sys::catch_sigint();
-    cl.stop_on_interrupt = true;
     let t = phase_timeout(&a.common);
     let lay = Layout::of(a);
     if lay.sessions == 0 {

@@ -12,7 +12,7 @@
 # SOAK_KEEP=1 keeps the work directory (node, NATS and Postgres logs);
 # SOAK_HOLD_SECS=S keeps the rig running S seconds after the soak, to probe it.
 # Binaries: $HERALD and $LOADGEN, else $CARGO_TARGET_DIR/release (else
-# target/release). Tokens are minted offline with the nodes' encryption key
+# target/release), built first with `cargo build --release`. Tokens are minted offline with the nodes' encryption key
 # (Herald's default, `defaultencryptionkey`), and the nodes run with
 # --follow-unknown-ids, so follows of these users (no account row) are
 # kept; accounts made over HTTP (e.g. a nakama-js suite) live in Postgres.
@@ -20,6 +20,9 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+# Without $HERALD and $LOADGEN, the release binaries are built first (a
+# no-op when they are up to date).
+BUILD=; [ -n "${HERALD:-}" ] && [ -n "${LOADGEN:-}" ] || BUILD=1
 HERALD=${HERALD:-$TARGET/release/herald}
 LOADGEN=${LOADGEN:-$TARGET/release/loadgen}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -42,8 +45,12 @@ done
 [[ "$N" =~ ^[0-9]+$ && "$M" =~ ^[0-9.]+$ ]] || { echo "usage: $0 --connections N --minutes M [--nodes K]" >&2; exit 2; }
 [ -n "$K" ] || K=$(( (N + 19499) / 19500 ))
 [ "$K" -ge 1 ] && [ "$K" -le 200 ] || { echo "--nodes must be 1..200" >&2; exit 2; }
+if [ -n "$BUILD" ]; then
+  echo "building: cargo build --release --workspace --bins" >&2
+  (cd "$ROOT" && cargo build --release --workspace --bins) || { echo "the build failed" >&2; exit 2; }
+fi
 for b in "$HERALD" "$LOADGEN"; do
-  [ -x "$b" ] || { echo "missing $b: cargo build --release --workspace" >&2; exit 2; }
+  [ -x "$b" ] || { echo "missing $b: cargo build --release --workspace --bins" >&2; exit 2; }
 done
 
 WORK=$(mktemp -d /var/tmp/herald-soak.XXXXXX)

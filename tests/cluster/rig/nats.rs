@@ -299,6 +299,64 @@ pub async fn stream_leader(servers: &[NatsServer]) -> String {
     panic!("no leader of {STREAM} found: {last_error}");
 }
 
+/// Waits (up to `limit`) until a running server's monitoring port names a
+/// leader of [`STREAM`] other than `old`, polling every 50 ms; returns when
+/// it was first seen. The monitoring port answers during an election, when
+/// a JetStream request would wait for a leader.
+pub async fn new_stream_leader_seen(
+    servers: &[NatsServer],
+    old: &str,
+    limit: Duration,
+) -> Option<Instant> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        for server in servers.iter().filter(|s| s.is_running()) {
+            let Some((200, body)) = server.http_get("/jsz?streams=true").await else {
+                continue;
+            };
+            let json: serde_json::Value = serde_json::from_str(&dechunk(&body)).unwrap_or_default();
+            let streams = json["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|account| account["stream_detail"].as_array().into_iter().flatten());
+            for stream in streams {
+                let leader = stream["cluster"]["leader"].as_str().unwrap_or("");
+                if stream["name"] == STREAM && !leader.is_empty() && leader != old {
+                    return Some(Instant::now());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// The body of a `Transfer-Encoding: chunked` answer (the monitoring
+/// port's), or `body` itself if it is not chunked.
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            return body.to_owned();
+        };
+        if size == 0 {
+            return out;
+        }
+        let Some(data) = after.get(..size) else {
+            return body.to_owned();
+        };
+        out.push_str(data);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    if out.is_empty() {
+        body.to_owned()
+    } else {
+        out
+    }
+}
+
 async fn leader_by(url: &str) -> Result<String, String> {
     let ask = async {
         let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;

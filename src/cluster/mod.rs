@@ -104,6 +104,15 @@ pub const WATCH_SILENT: Duration = Duration::from_secs(10);
 /// How long the marker of an ended session stays in the log: longer than
 /// any watch interruption a node survives without being fenced.
 pub const PURGE_MARKER_TTL: Duration = Duration::from_secs(600);
+/// How long a live key's older version stays in the log after a newer one
+/// is stored, before the writer deletes it by position: longer than any
+/// watch interruption a node survives without being fenced (15 s), so
+/// every watch reads every version; a watch further behind skips it, which
+/// is the counted coalescing. Without it the stream kept every version
+/// (up to [`nats::HISTORY`]) of every live key: nats-server's memory and
+/// its cost per write grew through a soak until its acks came seconds
+/// late and every node fenced itself (PERF.md, "Soak").
+pub const SUPERSEDED_GRACE: Duration = Duration::from_secs(60);
 /// How long a `c.<user>` record (newest session) stays in the log.
 pub const NEWEST_SESSION_TTL: Duration = Duration::from_secs(3600);
 /// Close code of sockets a fenced node closes (1012: service restart; reconnect).

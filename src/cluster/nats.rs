@@ -43,8 +43,10 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// soak each `Nats-Rollup: sub` cost nats-server milliseconds of CPU (it
 /// scans every message between a subject's first and last), and once a
 /// soak's sessions rolled up nats-server saturated and the nodes fenced
-/// themselves (PERF.md, "Soak"). An ended session's older versions are
-/// deleted by position instead ([`super::writer`]).
+/// themselves (PERF.md, "Soak"). Older versions are deleted by position
+/// instead ([`super::writer`]): a live key's a minute after they are
+/// superseded, an ended session's once its purge marker is stored. This cap
+/// is the bound if deletes fail.
 pub const HISTORY: i64 = 64;
 /// Largest value: a 2048-byte status, a username and the header fit easily.
 const MAX_VALUE_BYTES: i32 = 8192;

@@ -36,7 +36,10 @@ use super::nats;
 use super::record::{LeaseState, LeaseValue, Subjects};
 use super::replicator::{Notice, Operation, Replicator};
 use super::writer::{Prepared, Writer, RETRY};
-use super::{ClusterConfig, ClusterError, ClusterShared, Command, WATCH_SILENT, WATCH_STALL};
+use super::{
+    ClusterConfig, ClusterError, ClusterShared, Command, SUPERSEDED_GRACE, WATCH_SILENT,
+    WATCH_STALL,
+};
 use crate::engine::inbox::ShardMsg;
 use crate::engine::status_query::UserStatus;
 use crate::engine::EngineHandle;
@@ -200,8 +203,11 @@ struct ClusterNode {
     lease_write: Option<BoxFuture<'static, Result<u64, bool>>>,
     /// Verdicts, purges and kicks, run beside the loop.
     background: FuturesUnordered<BoxFuture<'static, ()>>,
-    /// Older versions of ended sessions' keys waiting to be deleted, and
-    /// the deletes in flight.
+    /// Older versions of live keys, each deletable from its instant on
+    /// ([`SUPERSEDED_GRACE`]), oldest first.
+    aging: VecDeque<(Instant, u64)>,
+    /// Older versions waiting to be deleted (ended sessions' keys, and
+    /// live keys' once aged), and the deletes in flight.
     superseded: VecDeque<u64>,
     deleting: FuturesUnordered<BoxFuture<'static, ()>>,
     /// Failed publishes waiting for their retry.
@@ -253,6 +259,7 @@ impl ClusterNode {
             publishes: FuturesUnordered::new(),
             lease_write: None,
             background: FuturesUnordered::new(),
+            aging: VecDeque::new(),
             superseded: VecDeque::new(),
             deleting: FuturesUnordered::new(),
             retries: Vec::new(),
@@ -793,6 +800,15 @@ impl ClusterNode {
                 self.publish(prepared);
             }
         }
+        // Live keys' older versions whose grace is over.
+        while let Some(&(deletable, seq)) = self.aging.front() {
+            if deletable > now {
+                break;
+            }
+            self.aging.pop_front();
+            self.superseded.push_back(seq);
+        }
+        self.send_deletes();
         // A watch that does not deliver what the log acknowledged has
         // stalled (see `WATCH_STALL`).
         if self
@@ -959,6 +975,9 @@ impl ClusterNode {
             self.publish(next);
         }
         self.superseded.extend(stored.superseded);
+        let deletable = Instant::now() + SUPERSEDED_GRACE;
+        self.aging
+            .extend(stored.aged.into_iter().map(|seq| (deletable, seq)));
         self.send_deletes();
     }
 
@@ -1013,9 +1032,9 @@ fn write_lease(
     .boxed()
 }
 
-/// Deletes one older version of an ended session's key (see
-/// [`super::writer`]). One that cannot be deleted stays until the stream's
-/// per-key cap or the node's incarnation purge removes it.
+/// Deletes one superseded version of a key (see [`super::writer`]). One
+/// that cannot be deleted stays until the stream's per-key cap, the key's
+/// purge or the node's incarnation purge removes it.
 async fn delete_version(js: Context, stream: String, seq: u64) {
     // `no_erase`: a plain removal (the value is not overwritten first).
     let request = serde_json::json!({ "seq": seq, "no_erase": true });
@@ -1027,7 +1046,7 @@ async fn delete_version(js: Context, stream: String, seq: u64) {
         Ok(jetstream::response::Response::Err { error }) => error.to_string(),
         Err(error) => error.to_string(),
     };
-    tracing::debug!(seq, error = %failure, "cannot delete an ended session's older version");
+    tracing::debug!(seq, error = %failure, "cannot delete a superseded version");
 }
 
 /// Removes every key under `filter` from the stream (an ended incarnation's

@@ -3,8 +3,9 @@
 //! build subjects and payloads) and by the replicator (to read them back).
 //!
 //! The bucket is a JetStream KV bucket (stream `KV_<bucket>`, subjects
-//! `$KV.<bucket>.>`, the last [`super::nats::HISTORY`] versions of each key
-//! kept), so `nats kv` tools can inspect it. Three kinds of keys live in it:
+//! `$KV.<bucket>.>`, at most the last [`super::nats::HISTORY`] versions of
+//! each key kept, a superseded one for [`super::SUPERSEDED_GRACE`]), so
+//! `nats kv` tools can inspect it. Three kinds of keys live in it:
 //!
 //! | key | value | written by |
 //! | --- | --- | --- |

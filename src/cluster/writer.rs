@@ -17,7 +17,10 @@
 //!
 //! A purge is a marker written over the session's key, and the key's older
 //! versions are then deleted one by one, by the log positions their acks
-//! gave ([`Stored::superseded`]). A `Nats-Rollup: sub` header would do it
+//! gave ([`Stored::superseded`]). A live key's older versions are deleted
+//! the same way, [`super::SUPERSEDED_GRACE`] after a newer version is
+//! stored ([`Stored::aged`]), so the stream holds about one version per
+//! live key instead of all of them. A `Nats-Rollup: sub` header would do it
 //! in one write, but nats-server finds a subject's older messages by
 //! scanning every message between the first and the last (all the log
 //! wrote since the session connected): in the soak, purges of long-lived
@@ -34,7 +37,6 @@ use ahash::AHashMap;
 use async_nats::jetstream::message::PublishMessage as Publish;
 use bytes::Bytes;
 
-use super::nats::HISTORY;
 use super::record::{self, Subjects};
 use super::{LogWrite, WriteOp, NEWEST_SESSION_TTL, PURGE_MARKER_TTL};
 use crate::ids::SessionId;
@@ -56,8 +58,9 @@ pub struct Writer {
     me: String,
     /// Sessions with writes pending; the front one is in flight.
     queues: AHashMap<SessionId, VecDeque<LogWrite>>,
-    /// Log positions of each session's stored versions (oldest first, at
-    /// most [`HISTORY`]), with the session's incarnation.
+    /// Log positions of each session's stored versions not yet handed back
+    /// (oldest first; the newest, and at most one older), with the
+    /// session's incarnation.
     versions: AHashMap<SessionId, (u64, Vec<u64>)>,
 }
 
@@ -70,6 +73,9 @@ pub struct Stored {
     /// Log positions of the session's older versions, to delete now that
     /// its purge marker is stored.
     pub superseded: Vec<u64>,
+    /// Log positions of versions of a live key that the stored put
+    /// superseded, to delete after [`super::SUPERSEDED_GRACE`].
+    pub aged: Vec<u64>,
 }
 
 impl Writer {
@@ -107,13 +113,14 @@ impl Writer {
                 done: None,
                 next: None,
                 superseded: Vec::new(),
+                aged: Vec::new(),
             };
         };
         let done = queue.pop_front();
         let emptied = queue.is_empty();
-        let superseded = match &done {
+        let (superseded, aged) = match &done {
             Some(write) => self.record_version(write, seq),
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         let next = if emptied {
             self.queues.remove(&session);
@@ -125,12 +132,14 @@ impl Writer {
             done,
             next,
             superseded,
+            aged,
         }
     }
 
-    /// Remembers where a put of the session's key was stored; a purge
-    /// marker returns the older versions' positions.
-    fn record_version(&mut self, write: &LogWrite, seq: u64) -> Vec<u64> {
+    /// Remembers where a put of the session's key was stored and hands back
+    /// the versions it superseded (`aged`); a purge marker hands back the
+    /// older versions left (`superseded`).
+    fn record_version(&mut self, write: &LogWrite, seq: u64) -> (Vec<u64>, Vec<u64>) {
         match write.op {
             WriteOp::Put(_) => {
                 // A session keeps its incarnation: a fence closes it.
@@ -138,22 +147,21 @@ impl Writer {
                     .versions
                     .entry(write.session)
                     .or_insert_with(|| (write.incarnation, Vec::new()));
-                if seqs.len() >= HISTORY as usize {
-                    // The stream itself dropped the oldest.
-                    seqs.remove(0);
-                }
-                seqs.push(seq);
-                Vec::new()
+                let aged = std::mem::replace(seqs, vec![seq]);
+                (Vec::new(), aged)
             }
-            WriteOp::Purge(_) => self
-                .versions
-                .remove(&write.session)
-                .map(|(_, seqs)| seqs)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|&old| old < seq)
-                .collect(),
-            WriteOp::NewestSession => Vec::new(),
+            WriteOp::Purge(_) => {
+                let superseded = self
+                    .versions
+                    .remove(&write.session)
+                    .map(|(_, seqs)| seqs)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|&old| old < seq)
+                    .collect();
+                (superseded, Vec::new())
+            }
+            WriteOp::NewestSession => (Vec::new(), Vec::new()),
         }
     }
 
@@ -278,13 +286,14 @@ mod tests {
             status: "t".into(),
         });
         writer.push(write.clone());
-        assert!(
-            writer.stored(s, 12).superseded.is_empty(),
-            "a put deletes nothing"
-        );
+        let stored = writer.stored(s, 12);
+        assert!(stored.superseded.is_empty(), "a put deletes nothing now");
+        assert_eq!(stored.aged, vec![10], "it supersedes the older version");
         write.op = WriteOp::Purge(3);
         assert!(writer.push(write.clone()).is_some(), "nothing in flight");
-        assert_eq!(writer.stored(s, 13).superseded, vec![10, 12]);
+        let stored = writer.stored(s, 13);
+        assert_eq!(stored.superseded, vec![12], "the version left");
+        assert!(stored.aged.is_empty());
         // Online again after appearing offline: a fresh history.
         write.op = WriteOp::Put(PresenceValue {
             change: 4,

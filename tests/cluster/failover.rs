@@ -10,8 +10,8 @@
 //! That last promise rests on the followers' node: its log watch may die
 //! with the leader (the consumer sat on it) and is recreated from its last
 //! position once the log moves again; the versions written meanwhile are
-//! still in the stream (it keeps each key's versions of the last 30 s, up
-//! to 64), so the new watch reads them all.
+//! still in the stream (a superseded version stays a minute, and each key
+//! keeps at most 64), so the new watch reads them all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -12,7 +12,8 @@
 # SOAK_KEEP=1 keeps the work directory (node, NATS and Postgres logs);
 # SOAK_HOLD_SECS=S keeps the rig running S seconds after the soak, to probe it.
 # Binaries: $HERALD and $LOADGEN, else $CARGO_TARGET_DIR/release (else
-# target/release), built first with `cargo build --release`. Tokens are minted offline with the nodes' encryption key
+# target/release), built first with `cargo build --release`. Tokens are
+# minted offline with the nodes' encryption key
 # (Herald's default, `defaultencryptionkey`), and the nodes run with
 # --follow-unknown-ids, so follows of these users (no account row) are
 # kept; accounts made over HTTP (e.g. a nakama-js suite) live in Postgres.

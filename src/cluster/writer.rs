@@ -58,8 +58,8 @@ pub struct Writer {
     me: String,
     /// Sessions with writes pending; the front one is in flight.
     queues: AHashMap<SessionId, VecDeque<LogWrite>>,
-    /// Log positions of each session's stored versions not yet handed back
-    /// (oldest first; the newest, and at most one older), with the
+    /// Log position of each session's newest stored version (a one-item
+    /// list: older ones are handed back as the newer is stored), with the
     /// session's incarnation.
     versions: AHashMap<SessionId, (u64, Vec<u64>)>,
 }

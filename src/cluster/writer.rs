@@ -58,10 +58,9 @@ pub struct Writer {
     me: String,
     /// Sessions with writes pending; the front one is in flight.
     queues: AHashMap<SessionId, VecDeque<LogWrite>>,
-    /// Log position of each session's newest stored version (a one-item
-    /// list: older ones are handed back as the newer is stored), with the
-    /// session's incarnation.
-    versions: AHashMap<SessionId, (u64, Vec<u64>)>,
+    /// Each session's incarnation and the log position of its newest
+    /// stored version (an older one is handed back as a newer is stored).
+    versions: AHashMap<SessionId, (u64, u64)>,
 }
 
 /// What a stored write leads to.
@@ -142,24 +141,19 @@ impl Writer {
     fn record_version(&mut self, write: &LogWrite, seq: u64) -> (Vec<u64>, Vec<u64>) {
         match write.op {
             WriteOp::Put(_) => {
-                // A session keeps its incarnation: a fence closes it.
-                let (_, seqs) = self
+                let aged = self
                     .versions
-                    .entry(write.session)
-                    .or_insert_with(|| (write.incarnation, Vec::new()));
-                let aged = std::mem::replace(seqs, vec![seq]);
-                (Vec::new(), aged)
+                    .insert(write.session, (write.incarnation, seq))
+                    .map(|(_, older)| older);
+                (Vec::new(), aged.into_iter().collect())
             }
             WriteOp::Purge(_) => {
                 let superseded = self
                     .versions
                     .remove(&write.session)
-                    .map(|(_, seqs)| seqs)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|&old| old < seq)
-                    .collect();
-                (superseded, Vec::new())
+                    .map(|(_, older)| older)
+                    .filter(|&older| older < seq);
+                (superseded.into_iter().collect(), Vec::new())
             }
             WriteOp::NewestSession => (Vec::new(), Vec::new()),
         }
